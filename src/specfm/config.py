@@ -1,0 +1,124 @@
+"""Configuration: validation against the JSON schema, defaults, and cross-references.
+
+jsonschema does the type checking; this module adds two things it lacks: filling in the schema's
+defaults, and messages that name the offending key as a dotted path (``galaxies.train.epochs``)
+so a user sees at once which line of their YAML to fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key it concerns in the message."""
+
+
+def _with_defaults(validator_class):
+    """A validator that writes `default` values into the instance while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in allowed)
+        where = _key(error.absolute_path)
+        keys = ", ".join(f"'{where}.{k}'" if error.absolute_path else f"'{k}'" for k in unknown)
+        hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
+        return f"unknown config key {keys}{hint}"
+    if error.validator == "required":
+        return f"config key '{_key(error.absolute_path)}': {error.message}"
+    return f"config key '{_key(error.absolute_path)}': {error.message}"
+
+
+def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA) -> dict[str, Any]:
+    """Validate `config` in place (defaults filled in) and return it; raise ConfigError on the first problem."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    errors = sorted(cls(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError(_describe(errors[0]))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict[str, Any]) -> None:
+    """Cross-references the schema cannot express: every name used must be declared."""
+    sources = config.get("sources", {})
+
+    def need(name: str, table: dict, key: str, what: str) -> None:
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise ConfigError(f"config key '{key}': unknown {what} '{name}' (declared: {known})")
+
+    gal = config.get("galaxies", {})
+    sets = gal.get("template_sets", {})
+    for name, entry in sets.items():
+        need(entry["source"], sources, f"galaxies.template_sets.{name}.source", "source")
+    if sets:
+        need(gal["template_set"], sets, "galaxies.template_set", "template set")
+    for name in config.get("demo", {}).get("galaxies_templates", []):
+        need(name, sets, "demo.galaxies_templates", "template set")
+    targets = gal.get("targets", {})
+    for name, entry in targets.items():
+        for field in ("cube", "maps"):
+            if field in entry:
+                need(entry[field], sources, f"galaxies.targets.{name}.{field}", "source")
+        if entry["kind"] == "phangs" and "cube" not in entry:
+            raise ConfigError(f"config key 'galaxies.targets.{name}.cube': required for kind 'phangs'")
+    for name in gal.get("build", []):
+        need(name, targets, "galaxies.build", "target")
+    for system in ("stars", "redshift"):
+        block = config.get(system, {})
+        samples = block.get("samples", {})
+        for name, entry in samples.items():
+            if "source" in entry:
+                need(entry["source"], sources, f"{system}.samples.{name}.source", "source")
+        for name in block.get("build", []):
+            need(name, samples, f"{system}.build", "sample")
+
+
+def load(*paths: str | Path) -> dict[str, Any]:
+    """Load and merge YAML files (later ones override earlier ones, recursively), then validate."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        merged = merge(merged, data)
+    return validate(merged)
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge, the way Snakemake merges --configfile over configfile:."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -1,0 +1,67 @@
+# Shared helpers: config validation, paths, resources. Named functions, not lambdas, so each
+# can be read and tested on its own.
+
+import os
+import sys
+from pathlib import Path
+
+from specfm import config as specfm_config
+
+# Validate (and fill defaults) before any job starts; a ConfigError names the offending key.
+try:
+    specfm_config.validate(config)
+except specfm_config.ConfigError as exc:
+    sys.exit(f"specfm: invalid configuration: {exc}")
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly the configured names (no accidental prefixes)."""
+    return "|".join(sorted(names)) or "(?!)"
+
+
+wildcard_constraints:
+    tset=one_of(config["galaxies"].get("template_sets", {})),
+    galaxy=one_of(config["galaxies"].get("targets", {})),
+    sample=one_of([*config["stars"].get("samples", {}), *config["redshift"].get("samples", {})]),
+    model=one_of(config["emulator"]["models"]),
+    member=r"\d+",
+    fold=r"\d+",
+
+
+SOURCES = config["sources"]
+SCRIPTS = Path(workflow.basedir) / "scripts"
+
+
+def with_prov(path):
+    """A product and its provenance record, as one multiext output (so Snakemake's cache keeps both)."""
+    base, ext = os.path.splitext(path)
+    return multiext(base, ext, ext + ".prov.json")
+
+
+def archive_path(source):
+    """Where the downloaded file of a source lives."""
+    return f"resources/archives/{source}/{SOURCES[source]['filename']}"
+
+
+def manifest_path(source):
+    """The list of unpacked members (with sha256) of a registry/archive source."""
+    return f"resources/{source}/manifest.json"
+
+
+def train_resources(system, key):
+    """Resources of a training/inference job from config: gpu (0 = CPU), mem_mb, runtime (minutes)."""
+    return config[system]["train"][key]
+
+
+def pending(issue):
+    """params for a rule whose science lands with a later issue (scripts/pending.py fails clearly)."""
+    return {"issue": issue}
+
+
+def demo_targets():
+    """What `demo` builds: the offline embedded default."""
+    sets = config["demo"]["galaxies_templates"]
+    return [
+        *[f"results/interim/galaxies/templates_{t}.h5" for t in sets],
+        *[f"results/galaxies/figures/templates_{t}.png" for t in sets],
+    ]

@@ -1,0 +1,51 @@
+# The only rules that touch the network. One download rule and (for archives with `members`)
+# one unpack rule per declared source, so each has its own pinned checksum.
+# A source with a pinned sha256 is wrapped in ensure(); one without is trust-on-first-use:
+# the first fetch records its sha256 in the lock file, later fetches verify against it.
+
+
+def fetched_output(name):
+    path = archive_path(name)
+    sha = SOURCES[name].get("sha256")
+    return ensure(path, sha256=sha) if sha else path
+
+
+for _name, _source in SOURCES.items():
+
+    rule:
+        name:
+            f"fetch_{_name}"
+        output:
+            fetched_output(_name),
+        params:
+            name=_name,
+            source=_source,
+            lock=config["checksum_lock"],
+            fetch=config["fetch"],
+        log:
+            f"logs/fetch/{_name}.log",
+        resources:
+            mem_mb=1000,
+            runtime=120,
+        localrule: True
+        script:
+            "../../scripts/fetch_source.py"
+
+    if _source.get("members"):
+
+        rule:
+            name:
+                f"unpack_{_name}"
+            input:
+                archive_path(_name),
+            output:
+                manifest_path(_name),
+            params:
+                members=_source["members"],
+            log:
+                f"logs/fetch/{_name}_unpack.log",
+            resources:
+                mem_mb=1000,
+                runtime=30,
+            script:
+                "../../scripts/unpack_source.py"

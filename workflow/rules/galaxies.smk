@@ -1,0 +1,208 @@
+# galaxies: GalProTE (seed 000). E-MILES templates -> training set -> model -> IFU maps, with pPXF.
+
+GAL = config["galaxies"]
+
+
+def galaxies_targets():
+    out = []
+    for galaxy in GAL["build"]:
+        out += [
+            f"results/{galaxy}_maps.fits",
+            f"results/{galaxy}_ppxf_maps.fits",
+            f"results/galaxies/{galaxy}_metrics.json",
+        ]
+    return out + ["results/bench/galaxies_speed.json"]
+
+
+def template_manifest(wildcards):
+    return manifest_path(GAL["template_sets"][wildcards.tset]["source"])
+
+
+def galaxy_cube(wildcards):
+    """A mock galaxy's cube is built by the workflow; a PHANGS cube is fetched."""
+    target = GAL["targets"][wildcards.galaxy]
+    if target["kind"] == "mock":
+        return f"results/interim/galaxies/{wildcards.galaxy}_cube.fits"
+    return archive_path(target["cube"])
+
+
+TRAINING_TEMPLATES = f"results/interim/galaxies/templates_{GAL['template_set']}.h5"
+GALPROTE_MODEL = f"results/models/galaxies/galprote_{GAL['template_set']}.pt"
+
+
+rule galaxies_templates:
+    """E-MILES SSPs -> MUSE LSF -> 4749-7100 A at 2.48 A, median-normalised, as one HDF5 grid."""
+    input:
+        template_manifest,
+    output:
+        with_prov("results/interim/galaxies/templates_{tset}.h5"),
+    log:
+        "logs/galaxies/templates_{tset}.log",
+    cache: True
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    script:
+        "../../scripts/galaxies_templates.py"
+
+
+rule galaxies_templates_figure:
+    input:
+        "results/interim/galaxies/templates_{tset}.h5",
+    output:
+        report(
+            "results/galaxies/figures/templates_{tset}.png",
+            caption="../report/galaxies_templates.rst",
+            category="galaxies",
+        ),
+        "results/galaxies/figures/templates_{tset}.png.prov.json",
+    log:
+        "logs/galaxies/templates_{tset}_figure.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../../scripts/galaxies_templates_figure.py"
+
+
+rule galaxies_training_set:
+    input:
+        TRAINING_TEMPLATES,
+    output:
+        with_prov(f"results/interim/galaxies/trainset_{GAL['template_set']}.h5"),
+    log:
+        "logs/galaxies/trainset.log",
+    cache: True
+    params:
+        **pending(3),
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    script:
+        "../../scripts/pending.py"
+
+
+rule galaxies_train:
+    input:
+        rules.galaxies_training_set.output[0],
+    output:
+        with_prov(GALPROTE_MODEL),
+    log:
+        "logs/galaxies/train.log",
+    benchmark:
+        "benchmarks/galaxies/train.tsv"
+    params:
+        **pending(3),
+    threads: 2
+    resources:
+        gpu=train_resources("galaxies", "gpu"),
+        mem_mb=train_resources("galaxies", "mem_mb"),
+        runtime=train_resources("galaxies", "runtime"),
+    script:
+        "../../scripts/pending.py"
+
+
+rule galaxies_mock_cube:
+    input:
+        TRAINING_TEMPLATES,
+    output:
+        cube="results/interim/galaxies/{galaxy}_cube.fits",
+        truth="results/{galaxy}_truth.fits",
+    log:
+        "logs/galaxies/{galaxy}_mock.log",
+    params:
+        **pending(3),
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    script:
+        "../../scripts/pending.py"
+
+
+rule galaxies_bin:
+    """Redshift correction, bright-line handling, Table 2 mask, Voronoi binning to a target S/N."""
+    input:
+        cube=galaxy_cube,
+    output:
+        with_prov("results/interim/galaxies/{galaxy}_bins.h5"),
+    log:
+        "logs/galaxies/{galaxy}_bin.log",
+    params:
+        **pending(3),
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    script:
+        "../../scripts/pending.py"
+
+
+rule galaxies_predict:
+    input:
+        bins="results/interim/galaxies/{galaxy}_bins.h5",
+        model=GALPROTE_MODEL,
+        templates=TRAINING_TEMPLATES,
+    output:
+        with_prov("results/{galaxy}_maps.fits"),
+    log:
+        "logs/galaxies/{galaxy}_predict.log",
+    params:
+        **pending(3),
+    resources:
+        gpu=train_resources("galaxies", "gpu"),
+        mem_mb=8000,
+        runtime=30,
+    script:
+        "../../scripts/pending.py"
+
+
+rule galaxies_ppxf:
+    input:
+        bins="results/interim/galaxies/{galaxy}_bins.h5",
+        templates=TRAINING_TEMPLATES,
+    output:
+        with_prov("results/{galaxy}_ppxf_maps.fits"),
+    log:
+        "logs/galaxies/{galaxy}_ppxf.log",
+    params:
+        **pending(3),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=600,
+    script:
+        "../../scripts/pending.py"
+
+
+rule galaxies_compare:
+    input:
+        model="results/{galaxy}_maps.fits",
+        ppxf="results/{galaxy}_ppxf_maps.fits",
+    output:
+        "results/galaxies/{galaxy}_metrics.json",
+    log:
+        "logs/galaxies/{galaxy}_compare.log",
+    params:
+        **pending(3),
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    script:
+        "../../scripts/pending.py"
+
+
+rule galaxies_bench:
+    input:
+        model=GALPROTE_MODEL,
+        templates=TRAINING_TEMPLATES,
+    output:
+        "results/bench/galaxies_speed.json",
+    log:
+        "logs/galaxies/bench.log",
+    params:
+        **pending(3),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    script:
+        "../../scripts/pending.py"
