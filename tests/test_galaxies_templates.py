@@ -30,6 +30,8 @@ from specfm.galaxies import (
 )
 from specfm.galaxies.spectra import FWHM_TO_SIGMA, PAPER_MASK_REGIONS
 
+from fakes import FAKE_AGES, FAKE_MH, fake_name, gaussian, write_fake_ssp
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -38,32 +40,6 @@ def measured_fwhm(x, y):
     w = y / y.sum()
     mu = np.sum(w * x)
     return FWHM_TO_SIGMA * np.sqrt(np.sum(w * (x - mu) ** 2))
-
-
-def gaussian(x, mu, fwhm):
-    return np.exp(-0.5 * ((x - mu) / (fwhm / FWHM_TO_SIGMA)) ** 2)
-
-
-FAKE_MH = {"m0.40": -0.40, "p0.00": 0.0}
-FAKE_AGES = ("01.0000", "02.5119", "10.0000")
-
-
-def fake_name(z="m0.40", age="01.0000"):
-    return f"Eun1.30Z{z}T{age}_iPp0.00_baseFe_linear_FWHM_variable.fits"
-
-
-def write_fake_ssp(path, mh, age, *, crval=4600.0, cdelt=0.9, n=2950, drop=None, comment=True):
-    """A smooth continuum whose slope depends on age and depth on [M/H], plus one absorption line."""
-    wave = crval + np.arange(n) * cdelt
-    flux = (1.0 + 0.2 * (wave - 5900) / 1000 * np.log10(age)) * (1 - (0.3 + 0.1 * mh) * gaussian(wave, 5175, 5.0))
-    hdu = fits.PrimaryHDU(flux.astype(np.float32))
-    hdu.header.update(CRVAL1=crval, CDELT1=cdelt, CRPIX1=1.0)
-    if comment:
-        hdu.header["COMMENT"] = f"# Age (Gyr):           {age:.4f}"
-        hdu.header["COMMENT"] = f"# [M/H]:               {mh:+.2f}"
-    if drop:
-        del hdu.header[drop]
-    hdu.writeto(path)
 
 
 @pytest.fixture

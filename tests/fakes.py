@@ -1,0 +1,71 @@
+"""Small fake inputs shared by the tests: E-MILES-like SSP files and a workflow copy to run in.
+
+The fake SSPs have the real naming scheme and header layout, tiny and smooth, so tests never
+need the 25 MB download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+REPO = Path(__file__).resolve().parents[1]
+FWHM_TO_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+FAKE_MH = {"m0.40": -0.40, "p0.00": 0.0}
+FAKE_AGES = ("01.0000", "02.5119", "10.0000")
+
+
+def gaussian(x, mu, fwhm):
+    return np.exp(-0.5 * ((x - mu) / (fwhm / FWHM_TO_SIGMA)) ** 2)
+
+
+def fake_name(z="m0.40", age="01.0000"):
+    return f"Eun1.30Z{z}T{age}_iPp0.00_baseFe_linear_FWHM_variable.fits"
+
+
+def write_fake_ssp(path, mh, age, *, crval=4600.0, cdelt=0.9, n=2950, drop=None, comment=True):
+    """A smooth continuum whose slope depends on age and depth on [M/H], plus one absorption line."""
+    wave = crval + np.arange(n) * cdelt
+    flux = (1.0 + 0.2 * (wave - 5900) / 1000 * np.log10(age)) * (1 - (0.3 + 0.1 * mh) * gaussian(wave, 5175, 5.0))
+    hdu = fits.PrimaryHDU(flux.astype(np.float32))
+    hdu.header.update(CRVAL1=crval, CDELT1=cdelt, CRPIX1=1.0)
+    if comment:
+        hdu.header["COMMENT"] = f"# Age (Gyr):           {age:.4f}"
+        hdu.header["COMMENT"] = f"# [M/H]:               {mh:+.2f}"
+    if drop:
+        del hdu.header[drop]
+    hdu.writeto(path)
+
+
+def fake_emiles_sdist(tmp_path: Path) -> tuple[Path, str]:
+    """A tar.gz laid out like the ppxf sdist (ppxf-X/ppxf/miles_models/Eun1.30*.fits); returns (path, sha256)."""
+    src = tmp_path / "fake-sdist" / "ppxf-0.0.0" / "ppxf" / "miles_models"
+    src.mkdir(parents=True)
+    for age in FAKE_AGES:
+        for z, mh in FAKE_MH.items():
+            write_fake_ssp(src / fake_name(z, age), mh, float(age))
+    archive = tmp_path / "fake-ppxf.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src.parents[1], arcname="ppxf-0.0.0")
+    return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "scripts")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """Copy what Snakemake needs into `dest`, so a test run never writes into the repository."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__", "checksums.lock.yaml*"))
+        else:
+            shutil.copy2(src, dest / part)
+    return dest
