@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 from astropy.io import fits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def fake_emiles_sdist(tmp_path: Path) -> tuple[Path, str]:
     return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "scripts")
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "scripts", "envs", "tests/config")
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -65,7 +66,24 @@ def copy_workflow(dest: Path) -> Path:
     for part in WORKFLOW_PARTS:
         src = REPO / part
         if src.is_dir():
-            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__", "checksums.lock.yaml*"))
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns(
+                "__pycache__", "*.pyc", ".snakemake", "checksums.lock.yaml*", ".checksums.lock.yaml*"))
         else:
             shutil.copy2(src, dest / part)
     return dest
+
+
+OFFLINE_CONFIG = "config/offline.yaml"
+
+
+def offline_workflow(tmp_path: Path) -> Path:
+    """A workflow copy whose ppxf sdist source is a fake tarball behind a file:// URL.
+
+    Run it with ``--configfile config/config.yaml config/offline.yaml`` (plus any other overrides).
+    """
+    archive, digest = fake_emiles_sdist(tmp_path)
+    wf = copy_workflow(tmp_path / "wf")
+    override = {"sources": {"ppxf_sdist": {"kind": "http", "urls": [archive.as_uri()],
+                                           "filename": archive.name, "sha256": digest}}}
+    (wf / OFFLINE_CONFIG).write_text(yaml.safe_dump(override))
+    return wf

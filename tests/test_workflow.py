@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fakes import copy_workflow, fake_emiles_sdist
+from fakes import copy_workflow, offline_workflow
 
 BIN = Path(sys.executable).parent
 PRODUCTS = (
@@ -44,13 +44,7 @@ def sha(path: Path) -> str:
 
 @pytest.fixture
 def offline_wf(tmp_path):
-    """A workflow copy whose ppxf sdist source is a fake tarball behind a file:// URL."""
-    archive, digest = fake_emiles_sdist(tmp_path)
-    wf = copy_workflow(tmp_path / "wf")
-    override = {"sources": {"ppxf_sdist": {"kind": "http", "urls": [archive.as_uri()],
-                                           "filename": "fake-ppxf.tar.gz", "sha256": digest}}}
-    (wf / "config" / "offline.yaml").write_text(yaml.safe_dump(override))
-    return wf
+    return offline_workflow(tmp_path)
 
 
 def dry_run_jobs(wf: Path, *args: str) -> dict[str, int]:
@@ -140,8 +134,8 @@ def test_between_workflow_cache_is_reused_by_a_second_clone(offline_wf, tmp_path
 
     clone = tmp_path / "clone"
     clone.mkdir()
-    subprocess.run(["cp", "-r", *[str(offline_wf / p) for p in ("Snakefile", "workflow", "config", "profiles", "scripts")],
-                    str(clone)], check=True)
+    for part in ("Snakefile", "workflow", "config", "profiles", "scripts"):
+        subprocess.run(["cp", "-r", str(offline_wf / part), str(clone)], check=True)
     second = snakemake(clone, "--cache", "galaxies_templates", *cfg, env=env)
     assert second.returncode == 0, second.stderr[-4000:]
     log = clone / "logs/galaxies/templates_emiles_ppxf.log"  # Snakemake touches it; the script never wrote

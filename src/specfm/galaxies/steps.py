@@ -14,7 +14,10 @@ from .template_table import plot_templates, prepare_templates, read_template_tab
 
 log = logging.getLogger(__name__)
 
-CODE = ["specfm.galaxies", "specfm.io", "specfm.fetch.sources"]
+# The modules whose source enters the code digest of the template products (not the whole
+# sub-package: a change to the model must not invalidate the template grid).
+CODE = ["specfm.galaxies.templates", "specfm.galaxies.spectra", "specfm.galaxies.template_table",
+        "specfm.galaxies.steps", "specfm.io", "specfm.fetch.sources"]
 
 
 def build_templates(manifest: str | Path, out: str | Path, *, code_files=()) -> None:

@@ -1,0 +1,604 @@
+"""IFU cubes (PHANGS-MUSE DR1 or the mock) -> Voronoi-binned rest-frame spectra for GalProTE.
+
+File format read and written here (the MUSE pipeline / PHANGS-MUSE DR1 layout): a primary HDU with
+no data, an image extension ``DATA`` [n_wave, ny, nx] in ``BUNIT`` (PHANGS: '10**(-20)*erg/s/cm**2/
+Angstrom', per spaxel) and an image extension ``STAT`` with the variance (squared unit). The WCS has a
+celestial part (RA---TAN / DEC--TAN) on axes 1-2 and a wavelength axis (``AWAV``, air; ``WAVE`` is
+vacuum and is converted to air) on axis 3. Missing values are NaN in the files.
+
+Preprocessing (GalProTE Sect. 4.3: "pre-processed to correct for redshift (assuming a single redshift
+per galaxy) and to filter out bright lines using median filters; major emission lines masked"):
+
+1. de-redshift with one systemic z: lambda_rest = lambda_obs / (1+z), f_rest = f_obs (1+z);
+2. each spaxel is rebinned onto the paper grid (948 px, 4749.37-7100.49 A) with the flux-conserving
+   bin-overlap matrix W (the same algorithm as ``spectra.resample``); the variance goes through W**2,
+   which is exact for independent input pixels and ignores the covariance that rebinning (and the
+   MUSE pipeline's own resampling) creates between neighbouring pixels -- so the propagated noise
+   is approximate (an underestimate of the true per-pixel noise, as usual for MUSE cubes);
+   masked pixels (NaN, inf, variance <= 0) are linearly interpolated over within a spaxel when
+   they are at most ``max_bad_frac`` of the pixels used; spaxels with more are excluded;
+3. per spaxel signal = mean flux, noise = sqrt(mean variance) over the line-free rest window
+   ``snr_window`` (default 5300-5500 A) on the paper grid (S/N per 2.48 A pixel); spaxels with
+   S/N < ``min_snr`` are excluded (bin_id -1), the rest are Voronoi-binned to ``target_snr`` with
+   ``vorbin`` (Cappellari & Copin 2003; WVT of Diehl & Statler 2006) and summed;
+4. bright-line filtering on the *binned* spectra (higher S/N than single spaxels, so the outlier test
+   is robust): inside the Table 2 regions widened by ``line_pad`` px, pixels more than
+   ``clip_sigma`` noise sigma *above* a running median of ``median_width`` px are replaced by that
+   median (emission lines and positive sky residuals; absorption lines are left alone). The Table 2
+   pixels are then removed for the model input anyway, so the filter matters for the pixels next to
+   the masks (line wings pushed out by rotation) and for ``spectra_full`` (used by pPXF and plots).
+   Defaults (25 px = 62 A, pad 3 px, 4 sigma) measured on the mock: 0.3 kept pixels per bin replaced,
+   0.7 % of pixels hit in a line-free test window (absorption-line structure at S/N > 35, not noise);
+   at 3 sigma these are 0.9 px and 3.4 %;
+5. per bin: the 948-px spectrum and noise, the median over the kept pixels (``norm``), and the
+   876-px masked, median-normalised spectrum that the network reads.
+
+Resolution: the cube's LSF is MUSE's at the *observed* wavelength; after de-redshifting it is
+FWHM_MUSE(lambda_rest (1+z)) / (1+z) in the rest frame, while the templates are at
+FWHM_MUSE(lambda_rest). The difference is < 1 % for PHANGS redshifts (z < 0.01) and is not corrected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import astropy.units as u
+import h5py
+import numpy as np
+import scipy.sparse as sp
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from specfm.io import atomic_path
+
+from .spectra import PAPER_MASK_REGIONS, bin_edges, emission_mask, paper_wavelength_grid
+
+log = logging.getLogger(__name__)
+
+FORMAT = "specfm.galaxies.bins/1"
+FLUX_UNIT_PHANGS = "10**(-20)*erg/s/cm**2/Angstrom"
+VAR_UNIT_PHANGS = "10**(-40)*erg**2/s**2/cm**4/Angstrom**2"
+_FLAMBDA = u.erg / u.s / u.cm**2 / u.AA
+SNR_WINDOW = (5300.0, 5500.0)  # A rest: no strong emission or sky line for z < 0.01 (5577 sky -> 5533 A)
+
+
+# ------------------------------------------------------------------------------------------ cube IO
+
+
+@dataclass(frozen=True)
+class Cube:
+    wave: np.ndarray  # [n_wave] Angstrom, observed frame, air
+    flux: np.ndarray  # [n_wave, ny, nx] float32 in `bunit`; NaN = masked
+    var: np.ndarray | None  # [n_wave, ny, nx] float32 in bunit**2; NaN = masked (None: no STAT)
+    wcs_celestial: WCS  # RA/Dec of the spaxel grid (numpy [y, x] = FITS axes 2, 1)
+    bunit: str
+    header: fits.Header = field(default_factory=fits.Header)  # the DATA extension header
+    path: str = "<memory>"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.flux.shape[1:]
+
+
+def _quiet_wcs(header: fits.Header) -> WCS:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(header)
+
+
+def _parse_unit(text: str) -> u.UnitBase:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", u.UnitsWarning)
+        return u.Unit(text, format="fits", parse_strict="raise")
+
+
+def flux_unit_scale(bunit: str, name: str = "cube") -> float:
+    """Factor to erg/s/cm2/A (per spaxel or per arcsec^2); ValueError unless a flux density per wavelength."""
+    try:
+        unit = _parse_unit(bunit)
+    except Exception as exc:
+        raise ValueError(f"{name}: BUNIT {bunit!r} is not a unit astropy can parse ({exc})") from exc
+    for ref in (_FLAMBDA, _FLAMBDA / u.arcsec**2):
+        if unit.is_equivalent(ref):
+            return float(unit.to(ref))
+    raise ValueError(
+        f"{name}: BUNIT {bunit!r} ({unit.physical_type}) is not a flux density per unit wavelength "
+        f"(expected e.g. {FLUX_UNIT_PHANGS!r})"
+    )
+
+
+def rest_edges(wave_out=None) -> tuple[float, float]:
+    """Rest-frame wavelength interval [A] that the output grid needs (its outer pixel edges)."""
+    edges = bin_edges(paper_wavelength_grid() if wave_out is None else wave_out)
+    return float(edges[0]), float(edges[-1])
+
+
+def check_coverage(wave_obs, redshift: float, name: str, wave_out=None) -> None:
+    """ValueError naming ``name`` unless the observed grid covers the output grid at ``redshift``."""
+    lo, hi = rest_edges(wave_out)
+    e = bin_edges(wave_obs)
+    have_lo, have_hi = e[0] / (1 + redshift), e[-1] / (1 + redshift)
+    if have_lo > lo + 1e-6 or have_hi < hi - 1e-6:
+        raise ValueError(
+            f"{name}: observed wavelengths {e[0]:.1f}-{e[-1]:.1f} A cover {have_lo:.1f}-{have_hi:.1f} A in the "
+            f"rest frame at z = {redshift:g}, not the required {lo:.1f}-{hi:.1f} A"
+        )
+
+
+def _spectral_axis(header: fits.Header, name: str) -> np.ndarray:
+    """Wavelengths [A, air] of the cube's third axis from its WCS."""
+    wcs = _quiet_wcs(header)
+    if wcs.wcs.spec < 0:
+        ctypes = [header.get(f"CTYPE{i}", "") for i in (1, 2, 3)]
+        raise ValueError(f"{name}: DATA has no spectral axis in its WCS (CTYPE1-3 = {ctypes})")
+    if wcs.wcs.spec != 2:
+        raise ValueError(f"{name}: the spectral axis is FITS axis {wcs.wcs.spec + 1}; expected axis 3 (NAXIS3)")
+    ctype = wcs.wcs.ctype[2].upper()
+    if not (ctype.startswith("AWAV") or ctype.startswith("WAVE")):
+        raise ValueError(f"{name}: spectral axis CTYPE3 = {ctype!r} is not a wavelength (AWAV or WAVE)")
+    spec = wcs.sub([3])
+    wave = spec.all_pix2world(np.arange(int(header["NAXIS3"]), dtype=float), 0)[0]
+    wave = wave * u.Unit(spec.wcs.cunit[0] or "m").to(u.AA)
+    if ctype.startswith("WAVE"):
+        from ppxf.ppxf_util import vac_to_air
+
+        log.info("%s: vacuum wavelengths (CTYPE3 = %s) converted to air", name, ctype)
+        wave = vac_to_air(wave)
+    if np.any(np.diff(wave) <= 0):
+        raise ValueError(f"{name}: wavelengths are not increasing along axis 3")
+    return np.asarray(wave, dtype=float)
+
+
+def read_cube(path: str | Path, *, redshift: float | None = None, wave_out=None, margin_pix: int = 8) -> Cube:
+    """Read a PHANGS-MUSE / mock cube. ValueError naming the file for anything unusable.
+
+    With ``redshift``, the cube must cover the output grid (default the paper's 4749.37-7100.49 A)
+    in the rest frame, and only the planes needed (plus ``margin_pix``) are read, which halves the
+    memory of a PHANGS cube (4750-9350 A). NaN/inf flux, NaN/inf variance and variance <= 0 are all
+    masked (set to NaN in both arrays); the counts go to the log, as does the number of spaxels with
+    no valid pixel left (they are excluded from binning by ``preprocess``).
+    """
+    path = Path(path)
+    name = str(path)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul = fits.open(path, memmap=True)
+            len(hdul)  # astropy reads the headers lazily: load them all now
+    except Exception as exc:  # OSError, ValueError, TypeError... for non-FITS or broken headers
+        raise ValueError(f"{name}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
+    truncated = [str(w.message) for w in caught if "truncated" in str(w.message).lower()]
+    if truncated:
+        hdul.close()
+        raise ValueError(f"{name}: truncated FITS file ({truncated[0]})")
+    for w in caught:
+        log.warning("%s: %s", name, w.message)
+    with hdul:
+        names = [h.name for h in hdul]
+        if "DATA" not in names:
+            raise ValueError(f"{name}: no DATA extension (found {names})")
+        data_hdu = hdul["DATA"]
+        header = data_hdu.header.copy()
+        if header.get("NAXIS", 0) != 3:
+            raise ValueError(f"{name}: DATA must be a 3-D cube, found NAXIS = {header.get('NAXIS', 0)}")
+        bunit = str(header.get("BUNIT", "")).strip()
+        if not bunit:
+            raise ValueError(f"{name}: DATA has no BUNIT; expected a flux density such as {FLUX_UNIT_PHANGS!r}")
+        flux_unit_scale(bunit, name)
+        wave = _spectral_axis(header, name)
+        wcs = _quiet_wcs(header)
+        if not wcs.has_celestial:
+            raise ValueError(f"{name}: DATA has no celestial (RA/Dec) WCS")
+        celestial = wcs.celestial
+        i0, i1 = 0, wave.size
+        if redshift is not None:
+            check_coverage(wave, redshift, name, wave_out)
+            lo, hi = rest_edges(wave_out)
+            e = bin_edges(wave)
+            i0 = max(int(np.searchsorted(e, lo * (1 + redshift), side="right")) - 1 - margin_pix, 0)
+            i1 = min(int(np.searchsorted(e, hi * (1 + redshift), side="left")) + margin_pix, wave.size)
+        var_scale = 1.0
+        stat_hdu = hdul["STAT"] if "STAT" in names else None
+        if stat_hdu is not None:
+            if stat_hdu.header.get("NAXIS") != 3 or tuple(stat_hdu.shape) != tuple(data_hdu.shape):
+                raise ValueError(f"{name}: STAT shape {stat_hdu.shape} differs from DATA shape {data_hdu.shape}")
+            var_scale = _variance_scale(stat_hdu.header.get("BUNIT", ""), bunit, name)
+        else:
+            log.warning("%s: no STAT extension: no variance (preprocess needs one)", name)
+        try:
+            flux = np.array(data_hdu.section[i0:i1], dtype=np.float32)
+            var = None if stat_hdu is None else np.array(stat_hdu.section[i0:i1], dtype=np.float32)
+        except Exception as exc:
+            raise ValueError(f"{name}: cannot read the cube data ({type(exc).__name__}: {exc})") from exc
+    if var is not None and var_scale != 1.0:
+        var *= np.float32(var_scale)
+    n_bad = _mask_bad(flux, var)
+    n_pix = flux.size
+    empty = ~np.any(np.isfinite(flux), axis=0)
+    log.info("%s: %d x %d spaxels x %d planes (%.1f-%.1f A) read", name, *flux.shape[1:], flux.shape[0],
+             wave[i0], wave[i1 - 1])
+    if n_bad:
+        log.info("%s: %d of %d pixels masked (non-finite flux or variance, or variance <= 0)", name, n_bad, n_pix)
+    if empty.any():
+        log.info("%s: %d of %d spaxels have no valid pixel and are excluded", name, int(empty.sum()), empty.size)
+    return Cube(wave=wave[i0:i1], flux=flux, var=var, wcs_celestial=celestial, bunit=bunit, header=header, path=name)
+
+
+def _variance_scale(stat_bunit: str, bunit: str, name: str) -> float:
+    """Factor that brings STAT into bunit**2 (1 when STAT has no BUNIT)."""
+    stat_bunit = str(stat_bunit).strip()
+    if not stat_bunit:
+        return 1.0
+    try:
+        return float(_parse_unit(stat_bunit).to(_parse_unit(bunit) ** 2))
+    except Exception as exc:
+        raise ValueError(f"{name}: STAT BUNIT {stat_bunit!r} is not the square of DATA BUNIT {bunit!r}") from exc
+
+
+def _mask_bad(flux: np.ndarray, var: np.ndarray | None, block: int = 64) -> int:
+    """Set masked pixels to NaN in place (in blocks of planes, to bound the temporaries); return their count."""
+    n_bad = 0
+    for i in range(0, flux.shape[0], block):
+        f = flux[i : i + block]
+        bad = ~np.isfinite(f)
+        if var is not None:
+            v = var[i : i + block]
+            bad |= ~np.isfinite(v) | (v <= 0)
+            v[bad] = np.nan
+        f[bad] = np.nan
+        n_bad += int(bad.sum())
+    return n_bad
+
+
+def write_cube(
+    path: str | Path,
+    wave_start: float,
+    wave_step: float,
+    flux: np.ndarray,
+    var: np.ndarray | None,
+    wcs_celestial: WCS | fits.Header,
+    *,
+    bunit: str = FLUX_UNIT_PHANGS,
+    var_bunit: str = VAR_UNIT_PHANGS,
+    primary_cards=(),
+) -> None:
+    """Write a cube in the PHANGS-MUSE DR1 layout (primary + DATA + STAT), float32, atomically.
+
+    The wavelength axis is linear: ``wave_start + i * wave_step`` A (AWAV). ``primary_cards`` are
+    (keyword, value, comment) triples for the primary header. No date cards: same input, same bytes.
+    """
+    cel = wcs_celestial.to_header() if isinstance(wcs_celestial, WCS) else fits.Header(wcs_celestial)
+    cel_wcs = _quiet_wcs(cel)
+    hdr = fits.Header()
+    hdr["EXTNAME"] = "DATA"
+    hdr["BUNIT"] = bunit
+    # CD-matrix form, as the MUSE pipeline writes it.
+    pc = cel_wcs.wcs.get_pc() * cel_wcs.wcs.cdelt[:, None]
+    hdr["WCSAXES"] = 3
+    for i, key in enumerate(("CTYPE1", "CTYPE2")):
+        hdr[key] = cel_wcs.wcs.ctype[i]
+    hdr["CTYPE3"] = ("AWAV", "air wavelength")
+    hdr["CUNIT1"], hdr["CUNIT2"], hdr["CUNIT3"] = "deg", "deg", "Angstrom"
+    hdr["CRPIX1"], hdr["CRPIX2"], hdr["CRPIX3"] = float(cel_wcs.wcs.crpix[0]), float(cel_wcs.wcs.crpix[1]), 1.0
+    hdr["CRVAL1"], hdr["CRVAL2"] = float(cel_wcs.wcs.crval[0]), float(cel_wcs.wcs.crval[1])
+    hdr["CRVAL3"] = float(wave_start)
+    for i in range(2):
+        for j in range(2):
+            hdr[f"CD{i + 1}_{j + 1}"] = float(pc[i, j])
+    hdr["CD1_3"], hdr["CD2_3"], hdr["CD3_1"], hdr["CD3_2"] = 0.0, 0.0, 0.0, 0.0
+    hdr["CD3_3"] = float(wave_step)
+    hdr["RADESYS"] = cel_wcs.wcs.radesys or "FK5"
+    if np.isfinite(cel_wcs.wcs.equinox):
+        hdr["EQUINOX"] = float(cel_wcs.wcs.equinox)
+    primary = fits.PrimaryHDU()
+    for key, value, comment in primary_cards:
+        primary.header[key if len(key) <= 8 and " " not in key else f"HIERARCH {key}"] = (value, comment)
+    hdus = [primary, fits.ImageHDU(np.asarray(flux, dtype=np.float32), header=hdr)]
+    if var is not None:
+        shdr = hdr.copy()
+        shdr["EXTNAME"] = "STAT"
+        shdr["BUNIT"] = var_bunit
+        hdus.append(fits.ImageHDU(np.asarray(var, dtype=np.float32), header=shdr))
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+# ------------------------------------------------------------------------------------- preprocess
+
+
+def rebin_matrix(wave_in, wave_out) -> sp.csr_matrix:
+    """Sparse [n_out, n_in] flux-conserving rebinning matrix: W @ f == spectra.resample(wave_in, f, wave_out).
+
+    W[j, k] = overlap(out pixel j, in pixel k) / width(out pixel j): each output pixel is the mean of
+    the piecewise-constant input over it. Pixel edges are the midpoints between centres.
+    """
+    ein, eout = bin_edges(wave_in), bin_edges(wave_out)
+    if eout[0] < ein[0] - 1e-9 or eout[-1] > ein[-1] + 1e-9:
+        raise ValueError(
+            f"rebin: output {eout[0]:.2f}-{eout[-1]:.2f} A is outside the input {ein[0]:.2f}-{ein[-1]:.2f} A"
+        )
+    lo, hi = eout[:-1], eout[1:]
+    k0 = np.clip(np.searchsorted(ein, lo, side="right") - 1, 0, ein.size - 2)
+    k1 = np.clip(np.searchsorted(ein, hi, side="left"), 1, ein.size - 1)  # exclusive
+    rows, cols, vals = [], [], []
+    for d in range(int(np.max(k1 - k0))):
+        k = k0 + d
+        ok = k < k1
+        j = np.flatnonzero(ok)
+        kk = k[ok]
+        overlap = np.minimum(hi[j], ein[kk + 1]) - np.maximum(lo[j], ein[kk])
+        keep = overlap > 0
+        rows.append(j[keep])
+        cols.append(kk[keep])
+        vals.append(overlap[keep] / (hi[j[keep]] - lo[j[keep]]))
+    rows, cols, vals = (np.concatenate(a) for a in (rows, cols, vals))
+    return sp.csr_matrix((vals, (rows, cols)), shape=(len(lo), len(ein) - 1))
+
+
+@dataclass(frozen=True)
+class Bins:
+    wave: np.ndarray  # [948] Angstrom, rest frame (air)
+    mask: np.ndarray  # [948] bool, True = kept (Table 2)
+    spectra_full: np.ndarray  # [n_bins, 948] float32, rest frame, summed over the bin, cube units * (1+z)
+    noise_full: np.ndarray  # [n_bins, 948] float32, 1-sigma, same units (approximate: see the module doc)
+    spectra: np.ndarray  # [n_bins, 876] float32, spectra_full[:, mask] / norm: the model input
+    norm: np.ndarray  # [n_bins] median of spectra_full over the kept pixels
+    snr: np.ndarray  # [n_bins] mean flux / sqrt(mean variance) in the S/N window, per 2.48 A pixel
+    bin_id: np.ndarray  # [ny, nx] int32, -1 = not used
+    xbar: np.ndarray  # [n_bins] flux-weighted centroid, 0-based pixel x (column)
+    ybar: np.ndarray  # [n_bins] ... y (row)
+    n_spaxels: np.ndarray  # [n_bins] int32
+    n_filtered: np.ndarray  # [n_bins] int32, pixels replaced by the bright-line median filter
+    wcs_header: str  # celestial WCS of the cube (fits.Header.tostring(sep="\n"))
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.norm.size)
+
+    @property
+    def wcs(self) -> WCS:
+        return _quiet_wcs(fits.Header.fromstring(self.wcs_header, sep="\n"))
+
+
+def _fill_masked(f: np.ndarray, v: np.ndarray, x: np.ndarray, cols: np.ndarray) -> None:
+    """Linear interpolation over NaN pixels along axis 0 for the given columns, in place."""
+    for c in cols:
+        bad = np.isnan(f[:, c]) | np.isnan(v[:, c])
+        good = ~bad
+        f[bad, c] = np.interp(x[bad], x[good], f[good, c])
+        v[bad, c] = np.interp(x[bad], x[good], v[good, c])
+
+
+def _voronoi(x, y, signal, noise, target_snr: float, name: str) -> np.ndarray:
+    """vorbin bin numbers; every spaxel its own bin when all already reach the target."""
+    sn = signal / noise
+    if sn.min() >= target_snr:
+        log.info("%s: all %d spaxels reach S/N %.1f: no binning needed", name, sn.size, target_snr)
+        return np.arange(sn.size)
+    total = signal.sum() / np.sqrt(np.sum(noise**2))
+    if total < target_snr:
+        raise ValueError(
+            f"{name}: the {sn.size} usable spaxels together reach S/N {total:.1f} < target {target_snr:g}; "
+            "lower target_snr"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # vorbin's deprecation notice (PowerBin) on import and call
+        from vorbin.voronoi_2d_binning import voronoi_2d_binning
+
+        out = voronoi_2d_binning(x, y, signal, noise, target_snr, cvt=True, pixelsize=1.0, plot=False,
+                                 quiet=True, wvt=True)
+    return np.asarray(out[0])
+
+
+def filter_bright_lines(spec, noise, wave, *, regions=PAPER_MASK_REGIONS, width=25, pad=3, clip_sigma=4.0):
+    """Replace bright-line pixels by a running median (see the module doc, step 4).
+
+    ``spec``, ``noise`` [n, n_pix]. Returns (filtered copy, bool [n, n_pix] of replaced pixels).
+    """
+    from scipy.ndimage import binary_dilation, median_filter
+
+    spec = np.asarray(spec, dtype=float)
+    zone = ~emission_mask(wave, regions)
+    if pad:
+        zone = binary_dilation(zone, iterations=int(pad))
+    med = median_filter(spec, size=(1, int(width)), mode="nearest")
+    hit = zone[None, :] & (spec - med > clip_sigma * np.asarray(noise, dtype=float))
+    return np.where(hit, med, spec), hit
+
+
+def preprocess(
+    cube: Cube,
+    redshift: float,
+    *,
+    target_snr: float = 35.0,
+    min_snr: float = 3.0,
+    snr_window: tuple[float, float] = SNR_WINDOW,
+    wave_out=None,
+    max_bad_frac: float = 0.2,
+    line_filter: bool = True,
+    median_width: int = 25,
+    line_pad: int = 3,
+    clip_sigma: float = 4.0,
+    chunk: int = 4096,
+) -> Bins:
+    """Cube -> rest-frame, Voronoi-binned, line-filtered, masked and median-normalised spectra.
+
+    See the module docstring for each step. ``target_snr`` 35 is the PHANGS-MUSE binning target
+    (GalProTE Sect. 3.2, after Pessa et al. 2023), S/N per output (2.48 A) pixel in ``snr_window``.
+    """
+    name = cube.path
+    if cube.var is None:
+        raise ValueError(f"{name}: no variance (STAT) extension: cannot compute S/N for binning")
+    wave_out = paper_wavelength_grid() if wave_out is None else np.asarray(wave_out, dtype=float)
+    check_coverage(cube.wave, redshift, name, wave_out)
+    zp1 = 1.0 + redshift
+    w_full = rebin_matrix(cube.wave / zp1, wave_out)
+    used = np.flatnonzero(w_full.getnnz(axis=0) > 0)
+    w = w_full[:, used].tocsr()
+    w2 = w.multiply(w).tocsr()
+    x_used = cube.wave[used]
+    win = (wave_out >= snr_window[0]) & (wave_out <= snr_window[1])
+    if not win.any():
+        raise ValueError(f"snr_window {snr_window} holds no pixel of the output grid")
+
+    n_wave, ny, nx = cube.flux.shape
+    flux2d = cube.flux.reshape(n_wave, ny * nx)
+    var2d = cube.var.reshape(n_wave, ny * nx)
+    n_spax = ny * nx
+    # pass 1: masked-pixel counts per spaxel (0 ok, 1 empty, 2 too many masked pixels)
+    nbad = np.zeros(n_spax, np.int64)
+    for s0 in range(0, n_spax, chunk):
+        sl = slice(s0, min(s0 + chunk, n_spax))
+        nbad[sl] = np.count_nonzero(np.isnan(flux2d[used, sl]) | np.isnan(var2d[used, sl]), axis=0)
+    state = np.where(nbad == used.size, 1, np.where(nbad > max_bad_frac * used.size, 2, 0)).astype(np.int8)
+    ok_idx = np.flatnonzero(state == 0)
+    # pass 2: rebin the usable spaxels only (memory ~ 2 x 4 B x 948 x n_usable)
+    spec = np.zeros((ok_idx.size, wave_out.size), np.float32)
+    var = np.zeros((ok_idx.size, wave_out.size), np.float32)
+    n_filled = int(nbad[ok_idx].sum())
+    for c0 in range(0, ok_idx.size, chunk):
+        cols = ok_idx[c0 : c0 + chunk]
+        f = flux2d[np.ix_(used, cols)].astype(np.float64)
+        v = var2d[np.ix_(used, cols)].astype(np.float64)
+        _fill_masked(f, v, x_used, np.flatnonzero(nbad[cols] > 0))
+        spec[c0 : c0 + cols.size] = (w @ f).T * zp1
+        var[c0 : c0 + cols.size] = (w2 @ v).T * zp1**2
+    signal = spec[:, win].mean(axis=1, dtype=np.float64)
+    noise = np.sqrt(var[:, win].mean(axis=1, dtype=np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sn = np.where(noise > 0, signal / noise, 0.0)
+    good_ok = np.flatnonzero(np.isfinite(sn) & (sn >= min_snr) & (signal > 0))  # rows of spec
+    counts = {
+        "n_spaxels": n_spax,
+        "n_empty": int((state == 1).sum()),
+        "n_too_many_masked": int((state == 2).sum()),
+        "n_below_min_snr": int(ok_idx.size - good_ok.size),
+        "n_pixels_interpolated": n_filled,
+    }
+    log.info("%s: %d spaxels; excluded %d empty, %d with > %.0f%% masked pixels, %d below S/N %.1f; "
+             "%d masked pixels interpolated", name, n_spax, counts["n_empty"], counts["n_too_many_masked"],
+             100 * max_bad_frac, counts["n_below_min_snr"], min_snr, n_filled)
+    if good_ok.size == 0:
+        raise ValueError(f"{name}: no spaxel has S/N >= {min_snr:g} in {snr_window[0]:.0f}-{snr_window[1]:.0f} A")
+    idx = ok_idx[good_ok]  # flat spaxel indices
+    spec, var, signal, noise = spec[good_ok], var[good_ok], signal[good_ok], noise[good_ok]
+    yy, xx = np.divmod(idx, nx)
+    classes = _voronoi(xx.astype(float), yy.astype(float), signal, noise, target_snr, name)
+    _, inv = np.unique(classes, return_inverse=True)
+    n_bins = int(inv.max()) + 1
+    assign = sp.csr_matrix((np.ones(idx.size), (inv, np.arange(idx.size))), shape=(n_bins, idx.size))
+    full = np.asarray(assign @ spec.astype(np.float64))
+    full_var = np.asarray(assign @ var.astype(np.float64))
+    full_noise = np.sqrt(full_var)
+    mask = emission_mask(wave_out)
+    if line_filter:
+        full, hit = filter_bright_lines(full, full_noise, wave_out, width=median_width, pad=line_pad,
+                                        clip_sigma=clip_sigma)
+    else:
+        hit = np.zeros(full.shape, bool)
+    norm = np.median(full[:, mask], axis=1)
+    keep = np.isfinite(norm) & (norm > 0)
+    if not keep.all():
+        log.warning("%s: %d bins with median flux <= 0 dropped", name, int((~keep).sum()))
+        new = np.cumsum(keep) - 1
+        inv_new = np.where(keep[inv], new[inv], -1)
+        sel = inv_new >= 0
+        idx, inv, signal = idx[sel], inv_new[sel], signal[sel]
+        full, full_var, full_noise, hit, norm = full[keep], full_var[keep], full_noise[keep], hit[keep], norm[keep]
+        n_bins = int(keep.sum())
+    bin_id = np.full(n_spax, -1, np.int32)
+    bin_id[idx] = inv
+    bin_id = bin_id.reshape(ny, nx)
+    n_in = np.bincount(inv, minlength=n_bins)
+    sw = signal
+    yy, xx = np.divmod(idx, nx)
+    tot = np.bincount(inv, weights=sw, minlength=n_bins)
+    xbar = np.bincount(inv, weights=sw * xx, minlength=n_bins) / tot
+    ybar = np.bincount(inv, weights=sw * yy, minlength=n_bins) / tot
+    snr = full[:, win].mean(axis=1) / np.sqrt(full_var[:, win].mean(axis=1))
+    multi = n_in > 1
+    log.info("%s: %d bins (%d single spaxels); S/N of multi-spaxel bins: median %.1f, min %.1f (target %.1f)",
+             name, n_bins, int((~multi).sum()), float(np.median(snr[multi])) if multi.any() else float("nan"),
+             float(snr[multi].min()) if multi.any() else float("nan"), target_snr)
+    meta = {
+        "format": FORMAT,
+        "source": Path(name).name,
+        "redshift": float(redshift),
+        "target_snr": float(target_snr),
+        "min_snr": float(min_snr),
+        "snr_window": [float(snr_window[0]), float(snr_window[1])],
+        "max_bad_frac": float(max_bad_frac),
+        "line_filter": {"enabled": bool(line_filter), "median_width_px": int(median_width),
+                        "pad_px": int(line_pad), "clip_sigma": float(clip_sigma),
+                        "rule": "positive outliers above a running median inside Table 2 regions + pad"},
+        "bunit": f"({cube.bunit}) rest frame: f_obs * (1+z) per rest Angstrom",
+        "variance": "W**2 propagation, covariance ignored (approximate)",
+        "counts": counts,
+    }
+    spectra_full = full.astype(np.float32)
+    return Bins(
+        wave=wave_out,
+        mask=mask,
+        spectra_full=spectra_full,
+        noise_full=full_noise.astype(np.float32),
+        spectra=(full[:, mask] / norm[:, None]).astype(np.float32),
+        norm=norm.astype(np.float64),
+        snr=snr.astype(np.float64),
+        bin_id=bin_id,
+        xbar=xbar,
+        ybar=ybar,
+        n_spaxels=n_in.astype(np.int32),
+        n_filtered=hit.sum(axis=1).astype(np.int32),
+        wcs_header=cube.wcs_celestial.to_header().tostring(sep="\n"),
+        meta=meta,
+    )
+
+
+# ---------------------------------------------------------------------------------------- bins IO
+
+_BIN_ARRAYS = {
+    "wave": np.float64, "mask": np.bool_, "spectra_full": np.float32, "noise_full": np.float32,
+    "spectra": np.float32, "norm": np.float64, "snr": np.float64, "bin_id": np.int32, "xbar": np.float64,
+    "ybar": np.float64, "n_spaxels": np.int32, "n_filtered": np.int32,
+}
+
+
+def write_bins(bins: Bins, path: str | Path) -> None:
+    """HDF5, one dataset per array + attributes ``format``, ``wcs_header``, ``meta`` (sorted JSON).
+
+    No object timestamps and a fixed layout, so the same bins always give the same bytes; atomic.
+    """
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", libver="earliest", track_order=False) as h5:
+            for name, dtype in _BIN_ARRAYS.items():
+                h5.create_dataset(name, data=np.asarray(getattr(bins, name), dtype=dtype), track_times=False)
+            h5.attrs["format"] = FORMAT
+            h5.attrs["wcs_header"] = bins.wcs_header
+            h5.attrs["meta"] = json.dumps(bins.meta, sort_keys=True)
+
+
+def read_bins(path: str | Path) -> Bins:
+    try:
+        h5 = h5py.File(path, "r")
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {exc})") from exc
+    with h5:
+        fmt = h5.attrs.get("format")
+        if fmt != FORMAT:
+            raise ValueError(f"{path}: not a bins file of format {FORMAT} (found {fmt!r})")
+        arrays = {name: h5[name][()] for name in _BIN_ARRAYS}
+        wcs_header = h5.attrs["wcs_header"]
+        meta = json.loads(h5.attrs["meta"])
+    arrays["mask"] = arrays["mask"].astype(bool)
+    return Bins(wcs_header=str(wcs_header), meta=meta, **arrays)
+
+
+__all__ = [
+    "Bins", "Cube", "FLUX_UNIT_PHANGS", "VAR_UNIT_PHANGS", "check_coverage", "filter_bright_lines",
+    "flux_unit_scale", "preprocess", "read_bins", "read_cube", "rebin_matrix", "write_bins", "write_cube",
+]
