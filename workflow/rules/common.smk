@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from specfm import config as specfm_config
+from specfm import seeds as specfm_seeds
 
 # Validate (and fill defaults) before any job starts; a ConfigError names the offending key.
 try:
@@ -36,6 +37,11 @@ def with_prov(path):
     """A product and its provenance record, as one multiext output (so Snakemake's cache keeps both)."""
     base, ext = os.path.splitext(path)
     return multiext(base, ext, ext + ".prov.json")
+
+
+def derived_seed(*names):
+    """A per-step seed derived from the master seed and the step's names (stable across runs)."""
+    return specfm_seeds.derive(config["seed"], *names)
 
 
 def archive_path(source):

@@ -102,21 +102,42 @@ rule galaxies_train:
         "../../scripts/pending.py"
 
 
+def mock_params(wildcards):
+    return {
+        "shape": GAL["mock"]["shape"],
+        "snr_center": GAL["mock"]["snr_center"],
+        "redshift": GAL["targets"][wildcards.galaxy]["redshift"],
+        "seed": derived_seed("galaxies_mock", wildcards.galaxy),
+    }
+
+
+def bin_params(wildcards):
+    return {
+        "redshift": GAL["targets"][wildcards.galaxy]["redshift"],
+        "target_snr": GAL["binning"]["target_snr"],
+        "min_snr": GAL["binning"]["min_snr"],
+    }
+
+
 rule galaxies_mock_cube:
+    """A mock MUSE cube (PHANGS-MUSE file layout) with continuous SFHs, A_V, velocity field, LSF,
+    noise, emission lines and sky residuals, built from the raw SSPs; its truth maps beside it."""
     input:
-        TRAINING_TEMPLATES,
+        manifest_path(GAL["template_sets"][GAL["template_set"]]["source"]),
     output:
         cube="results/interim/galaxies/{galaxy}_cube.fits",
+        cube_prov="results/interim/galaxies/{galaxy}_cube.fits.prov.json",
         truth="results/{galaxy}_truth.fits",
+        truth_prov="results/{galaxy}_truth.fits.prov.json",
     log:
         "logs/galaxies/{galaxy}_mock.log",
     params:
-        **pending(3),
+        settings=mock_params,
     resources:
         mem_mb=4000,
         runtime=20,
     script:
-        "../../scripts/pending.py"
+        "../../scripts/galaxies_mock_cube.py"
 
 
 rule galaxies_bin:
@@ -128,12 +149,12 @@ rule galaxies_bin:
     log:
         "logs/galaxies/{galaxy}_bin.log",
     params:
-        **pending(3),
+        settings=bin_params,
     resources:
         mem_mb=16000,
         runtime=60,
     script:
-        "../../scripts/pending.py"
+        "../../scripts/galaxies_bin.py"
 
 
 rule galaxies_predict:

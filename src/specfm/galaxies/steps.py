@@ -41,3 +41,37 @@ def templates_figure(table: str | Path, out: str | Path, *, code_files=()) -> No
     log.info("wrote %s", out)
     provenance.write(out, inputs={"templates": table}, code=CODE, code_files=code_files,
                      step="galaxies_templates_figure")
+
+
+def mock_cube(manifest: str | Path, out_cube: str | Path, out_truth: str | Path, *, shape, snr_center: float,
+              seed: int, redshift: float, code_files=()) -> None:
+    """A mock MUSE cube with known truth maps, from the raw SSP files of `manifest`."""
+    from .mock_cube import make_mock_cube
+
+    paths = manifest_files(manifest, "*.fits")
+    start = time.perf_counter()
+    make_mock_cube(paths, out_cube, out_truth, shape=tuple(shape), seed=seed, redshift=redshift,
+                   snr_center=snr_center)
+    log.info("wrote mock cube %s and truth %s (%s spaxels, z=%g, seed %d) in %.1f s", out_cube, out_truth,
+             "x".join(map(str, shape)), redshift, seed, time.perf_counter() - start)
+    params = {"shape": list(shape), "snr_center": snr_center, "redshift": redshift}
+    code = [*CODE, "specfm.galaxies.mock_cube", "specfm.galaxies.cube"]
+    for out in (out_cube, out_truth):
+        provenance.write(out, inputs={"manifest": manifest}, params=params, seed=seed, code=code,
+                         code_files=code_files, step="galaxies_mock_cube")
+
+
+def bin_cube(cube_path: str | Path, out: str | Path, *, redshift: float, target_snr: float, min_snr: float,
+             code_files=()) -> None:
+    """IFU cube -> de-redshifted, masked, Voronoi-binned spectra on the paper grid (HDF5)."""
+    from .cube import preprocess, read_cube, write_bins
+
+    start = time.perf_counter()
+    cube = read_cube(cube_path, redshift=redshift)
+    bins = preprocess(cube, redshift, target_snr=target_snr, min_snr=min_snr)
+    write_bins(bins, out)
+    log.info("binned %s: %d bins from %d spaxels (target S/N %g) in %.1f s", cube_path, bins.n_bins,
+             int((bins.bin_id >= 0).sum()), target_snr, time.perf_counter() - start)
+    provenance.write(out, inputs={"cube": cube_path}, code=[*CODE, "specfm.galaxies.cube"], code_files=code_files,
+                     params={"redshift": redshift, "target_snr": target_snr, "min_snr": min_snr},
+                     step="galaxies_bin")
