@@ -93,6 +93,10 @@ def test_single_target_offline_run_is_reproducible_and_verifiable(offline_wf):
     ok = specfm_verify(wf)
     assert ok.returncode == 0 and "2 provenance records" in ok.stdout and "no drift" in ok.stdout
 
+    report = snakemake(wf, "results/galaxies/figures/templates_emiles_ppxf.png", *cfg, "--report", "report.html")
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "templates_emiles_ppxf.png" in (wf / "report.html").read_text(errors="replace")
+
     before = {p: sha(wf / p) for p in PRODUCTS}
     proc = snakemake(wf, "results/galaxies/figures/templates_emiles_ppxf.png", *cfg,
                      "--forcerun", "galaxies_templates")
