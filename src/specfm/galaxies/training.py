@@ -1,0 +1,249 @@
+"""Train GalProTE on a training set file, save/load it, predict, and score it on the synthetic splits.
+
+Training uses `specfm.train.fit` (seeding, device, SIGTERM-safe checkpoints and resume, early stopping
+on the validation loss with the best weights restored). The validation loss that drives early stopping
+(and the LR plateau schedule) is the *grid* loss -- MSE + the two correlation terms, without the A_V
+term -- as in the paper ("early stopping on grid MSE loss"); the training loss is the full loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specfm.train import (checkpoint_dir_for, choose_device, evaluate, fit, load_final, save_final, seed_everything,
+                          setup_logging)
+
+from .model import GalProTE, GalProTEConfig, clip_grid, galprote_loss
+from .template_table import TemplateGrid
+from .trainset import SplitDataset, attenuation_factors, model_spectra, read_meta, read_templates
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "specfm.galaxies.galprote/1"
+ARCH_FIELDS = {f.name for f in fields(GalProTEConfig)} - {"n_pix", "n_z", "n_age", "n_av"}
+LOSS_DEFAULTS = {"w_mse": 1.0, "w_age": 1.0, "w_mh": 1.0, "w_av": 1.0}
+
+
+def train_galprote(trainset_path, model_out, *, epochs: int = 30, patience: int | None = 3,
+                   batch_size: int = 64, seed: int = 0, gpu: int | None = None, checkpoint_dir=None,
+                   log: logging.Logger | str | Path | None = None, lr: float = 1e-4, weight_decay: float = 1e-4,
+                   loss_weights: dict | None = None, early_stop_on: str = "grid", threads: int | None = None,
+                   progress: bool | None = True, **arch) -> dict:
+    """Train on the ``train`` split, early-stop on ``validation``, write ``model_out`` atomically.
+
+    ``arch``: any `GalProTEConfig` architecture field (channels, n_layers, n_heads, pool, patch, d_attn,
+    dropout, kernels, head_hidden, ff_mult). ``gpu``: GPUs granted (0 = CPU, None = use one if any).
+    ``checkpoint_dir``: default `specfm.train.checkpoint_dir_for(model_out)`. ``early_stop_on``: "grid"
+    (paper) or "total". ``log``: a Logger, or a file path (then `specfm.train.setup_logging(log)`).
+    ``threads``: torch CPU threads (None: leave as is). ``lr``: AdamW learning rate; 1e-4 suits the
+    default flattened read-out (see `specfm.galaxies.model`), ``readout="mean"`` tolerates 1e-3.
+    Returns a summary (epochs, best epoch and loss, the untrained validation loss, wall time,
+    training spectra per wall-clock second with validation included, n_params). Under torchrun (DDP)
+    call `specfm.train.init_distributed()` first.
+    """
+    if isinstance(log, (str, Path)):
+        log = setup_logging(log)
+    log = log or logging.getLogger(__name__)
+    unknown = set(arch) - ARCH_FIELDS
+    if unknown:
+        raise TypeError(f"train_galprote: unknown architecture parameters {sorted(unknown)}")
+    if threads:
+        torch.set_num_threads(threads)
+    loss_weights = {**LOSS_DEFAULTS, **(loss_weights or {})}
+    meta = read_meta(trainset_path)
+    device = choose_device(gpu)
+    seed_everything(seed)
+    train = SplitDataset(trainset_path, "train").tensor_dataset()
+    val = SplitDataset(trainset_path, "validation").tensor_dataset()
+    if device.type == "cuda":  # the whole set fits on any training GPU (0.7 GB at the paper's size)
+        train.tensors = tuple(t.to(device) for t in train.tensors)
+        val.tensors = tuple(t.to(device) for t in val.tensors)
+    cfg = GalProTEConfig(n_pix=meta["wave"].size, n_z=meta["mh"].size, n_age=meta["log_age"].size,
+                         n_av=meta["av_levels"].size,
+                         **{k: (tuple(v) if k == "kernels" else v) for k, v in arch.items()})
+    model = GalProTE(cfg, meta["log_age"], meta["mh"], meta["av_levels"])
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("GalProTE %s: %d parameters; train %d, validation %d spectra", cfg.to_dict(), n_params,
+             len(train), len(val))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+
+    def loss_fn(m, batch):
+        x, w, av = batch  # [B, L], [B, n_Z, n_age], [B]
+        pred_w, av_logits = m(x)
+        total, parts = galprote_loss(pred_w, av_logits, w, av, **loss_weights)
+        return total if m.training else parts[early_stop_on]
+
+    trainset_id = {k: meta[k] for k in ("recipe", "seed", "counts")}
+    fingerprint = {"config": cfg.to_dict(), "loss": loss_weights, "lr": lr, "weight_decay": weight_decay,
+                   "early_stop_on": early_stop_on, "trainset": trainset_id}
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else checkpoint_dir_for(model_out)
+    t0 = time.perf_counter()
+    val_init = evaluate(model.to(device), loss_fn, val, batch_size, device)  # the untrained model's score
+    log.info("validation %s loss before training: %.5g", early_stop_on, val_init)
+    result = fit(model, loss_fn, train, val, optimizer=opt, scheduler=sched, max_epochs=epochs,
+                 patience=patience, checkpoint_dir=ckdir, seed=seed, batch_size=batch_size, device=device,
+                 fingerprint=fingerprint, progress=progress, log=log)
+    seconds = time.perf_counter() - t0
+    epochs_here = result.epochs_run - (result.resumed_from[0] if result.resumed_from else 0)
+    summary = {
+        "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss, "val_loss_init": val_init,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early, "seconds": round(seconds, 2), "n_params": n_params,
+        "n_train": len(train), "n_validation": len(val),
+        "train_samples_per_s": round(len(train) * max(epochs_here, 0) / max(seconds, 1e-9), 1),
+        "device": str(device),
+    }
+    metadata = {
+        "format": MODEL_FORMAT, "config": cfg.to_dict(), "loss_weights": loss_weights,
+        "early_stop_on": early_stop_on, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+        "seed": seed, "log_age": meta["log_age"].tolist(), "mh": meta["mh"].tolist(),
+        "av_levels": meta["av_levels"].tolist(), "wave": meta["wave"].tolist(),
+        "trainset": json.loads(json.dumps(trainset_id, default=float)),
+        "trainset_id": hashlib.sha256(json.dumps(trainset_id, sort_keys=True, default=float).encode()).hexdigest(),
+        "history": result.history, "summary": summary,
+    }
+    save_final(model, model_out, metadata)
+    log.info("trained GalProTE: best epoch %d, validation %s loss %.5g, %.1f s (%.0f spectra/s)",
+             result.best_epoch, early_stop_on, result.best_val_loss, seconds, summary["train_samples_per_s"])
+    return summary
+
+
+def load_galprote(path, map_location="cpu") -> tuple[GalProTE, dict]:
+    """Rebuild a model written by `train_galprote`: (model in eval mode, metadata)."""
+    state, metadata = load_final(path, map_location=map_location)
+    if metadata.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a GalProTE model ({metadata.get('format')!r})")
+    cfg = GalProTEConfig(**{k: (tuple(v) if k == "kernels" else v) for k, v in metadata["config"].items()})
+    model = GalProTE(cfg, metadata["log_age"], metadata["mh"], metadata["av_levels"])
+    model.load_state_dict(state)
+    return model.eval(), metadata
+
+
+# ----------------------------------------------------------------------------------- inference
+
+
+@torch.no_grad()
+def predict(model: GalProTE, spectra, batch_size: int = 1024, *, frac: float = 0.05,
+            device=None) -> tuple[np.ndarray, np.ndarray]:
+    """spectra [N, n_kept] (median-normalised, masked) -> (weights [N, n_Z, n_age] clipped at ``frac`` of
+    each maximum and renormalised, A_V [N] in mag: the most probable class)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    spectra = np.asarray(spectra, dtype=np.float32)
+    ws, avs = [], []
+    for lo in range(0, spectra.shape[0], batch_size):
+        x = torch.from_numpy(spectra[lo:lo + batch_size]).to(device)
+        w, av_logits = model(x)  # [b, n_Z, n_age], [b, n_av]
+        ws.append(clip_grid(w, frac).float().cpu())
+        avs.append(model.av_levels[av_logits.argmax(dim=1)].cpu())
+    model.train(was_training)
+    n_z, n_age = model.cfg.n_z, model.cfg.n_age
+    if not ws:
+        return np.zeros((0, n_z, n_age), np.float32), np.zeros(0, np.float32)
+    return torch.cat(ws).numpy(), torch.cat(avs).numpy()
+
+
+def light_weighted(weights, log_age, mh) -> tuple[np.ndarray, np.ndarray]:
+    """Light-weighted mean log age and [M/H] of grids ``weights`` [N, n_Z, n_age] (renormalised to 1)."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum(axis=(-2, -1), keepdims=True)
+    return (w.sum(axis=-2) @ np.asarray(log_age, float)), (w.sum(axis=-1) @ np.asarray(mh, float))
+
+
+def reconstruct(templates: TemplateGrid, weights, av, *, rv: float = 3.1, block: int = 8192) -> np.ndarray:
+    """Model spectra [N, n_kept]: templates x ``weights`` [N, n_Z, n_age], attenuated by ``av`` [N] mag
+    (O'Donnell 1994), median-normalised on the kept pixels -- the training set's noise-free spectra."""
+    weights = np.asarray(weights, dtype=np.float64)
+    av = np.broadcast_to(np.asarray(av, dtype=float), weights.shape[:1])
+    n_t = weights.shape[-2] * weights.shape[-1]
+    flux = np.asarray(templates.flux, dtype=np.float64).reshape(n_t, -1)
+    mask = np.asarray(templates.mask, bool)
+    out = np.empty((weights.shape[0], int(mask.sum())), np.float32)
+    for lo in range(0, weights.shape[0], block):
+        hi = min(lo + block, weights.shape[0])
+        fac = attenuation_factors(templates.wave, av[lo:hi], rv)
+        out[lo:hi] = model_spectra(flux, mask, fac, weights[lo:hi].reshape(hi - lo, n_t))
+    return out
+
+
+def _stats(d: np.ndarray) -> dict:
+    return {"bias": float(d.mean()), "scatter": float(d.std()), "rmse": float(np.sqrt((d**2).mean()))}
+
+
+def synthetic_metrics(model: GalProTE, trainset_path, splits=("test", "test_unseen"), *,
+                      batch_size: int = 1024, limit: int | None = None, frac: float = 0.05,
+                      block: int = 8192) -> dict:
+    """Scores of ``model`` on synthetic splits, per split (first ``limit`` spectra if given):
+
+    pct_mse_mean/std: per-spectrum 100 x mean((input - reconstruction)^2) (spectra median-normalised);
+    pct_mse_truth_mean: the same for the reconstruction from the *true* weights and A_V: the floor set
+    by the injected noise and patches;
+    resid_mean/std_pct: point-to-point residual input - reconstruction over all pixels, in %;
+    log_age, mh, av: bias (mean of predicted - true), scatter (std), rmse, and the Pearson r; the true
+    log age and [M/H] are light-weighted over the stored (unclipped) weights; av_accuracy: exact class,
+    av_within_0p1: |error| <= 0.1 mag.
+    """
+    import h5py
+
+    templates = read_templates(trainset_path)
+    meta = read_meta(trainset_path)
+    rv = meta["recipe"]["rv"]
+    log_age, mh = meta["log_age"], meta["mh"]
+    out = {}
+    for split in splits:
+        with h5py.File(trainset_path, "r") as h5:
+            g = h5[split]
+            n = g["spectra"].shape[0] if limit is None else min(limit, g["spectra"].shape[0])
+            acc = {k: [] for k in ("pct_mse", "pct_mse_truth", "age", "age_t", "mh", "mh_t", "av", "av_t")}
+            r_sum = r_sq = 0.0
+            for lo in range(0, n, block):
+                hi = min(lo + block, n)
+                x = g["spectra"][lo:hi]
+                w_true = g["weights"][lo:hi]
+                av_true = g["av"][lo:hi]
+                w_pred, av_pred = predict(model, x, batch_size, frac=frac)
+                rec = reconstruct(templates, w_pred, av_pred, rv=rv)
+                res = x.astype(np.float64) - rec
+                acc["pct_mse"].append(100 * (res**2).mean(axis=1))
+                floor = x.astype(np.float64) - reconstruct(templates, w_true, av_true, rv=rv)
+                acc["pct_mse_truth"].append(100 * (floor**2).mean(axis=1))
+                r_sum += res.sum()
+                r_sq += (res**2).sum()
+                a_p, m_p = light_weighted(w_pred, log_age, mh)
+                a_t, m_t = light_weighted(w_true, log_age, mh)
+                acc["age"].append(a_p), acc["age_t"].append(a_t), acc["mh"].append(m_p), acc["mh_t"].append(m_t)
+                acc["av"].append(av_pred), acc["av_t"].append(av_true)
+        if n == 0:
+            out[split] = {"n": 0}
+            continue
+        a = {k: np.concatenate(v).astype(np.float64) for k, v in acc.items()}
+        n_pts = n * templates.mask.sum()
+        r_mean = r_sum / n_pts
+        m = {"n": int(n),
+             "pct_mse_mean": float(a["pct_mse"].mean()), "pct_mse_std": float(a["pct_mse"].std()),
+             "pct_mse_truth_mean": float(a["pct_mse_truth"].mean()),
+             "resid_mean_pct": float(100 * r_mean), "resid_std_pct": float(100 * np.sqrt(r_sq / n_pts - r_mean**2))}
+        for key in ("age", "mh", "av"):
+            name = {"age": "log_age", "mh": "mh", "av": "av"}[key]
+            m[name] = {**_stats(a[key] - a[f"{key}_t"]), "r": _corr(a[key], a[f"{key}_t"])}
+        d_av = a["av"] - a["av_t"]
+        m["av_accuracy"] = float((np.abs(d_av) < 1e-3).mean())
+        m["av_within_0p1"] = float((np.abs(d_av) < 0.1 + 1e-3).mean())
+        out[split] = m
+    return out
+
+
+def _corr(a, b) -> float:
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])

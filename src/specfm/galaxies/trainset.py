@@ -1,0 +1,512 @@
+"""GalProTE training set (paper: seeds/000, Sects. 2.1-3.3, Table 1) from a processed template grid.
+
+Recipe, per A_V level (16 levels, 0.0-1.5 mag, O'Donnell 1994 with R_V = 3.1), with n_t = n_Z x n_age
+templates and counts scaled by ``size_factor`` (1 = the paper: 11 n_t = 6,996 per level for n_t = 636,
+111,936 in all; see `table1_counts`):
+
+    original        n_t        each template once (single population, weight 1)
+    replica         2 n_t      each template twice more ("three original copies per extinction level")
+    combo2..combo5  2 n_t each k distinct random templates, random weights U(0, 1) normalised to 1
+
+then (Sect. 3.1) the weights are scaled by a metallicity prior rising linearly in [M/H] from 0.7 at the
+lowest to 1.4 at the highest [M/H] and renormalised, the grid is smoothed with a 3x3 Gaussian
+(sigma = 0.7 bins), and the spectrum is recomputed from the smoothed weights:
+
+    spectrum = median-normalise( 10^(-0.4 A_V k(lambda)) * sum_ij w_ij T_ij )[kept pixels]
+
+(light-weighted: the templates T_ij are median-normalised, so w_ij are light fractions). Noise (Sect. 3.2):
+the spectra of each split are shuffled into thirds with 0 / 2 / 4 % Gaussian noise (sigma in units of
+the median flux), then every spectrum gets 15-25 patches of 3-15 px, each either a high-noise patch
+(zero-mean Gaussian, sigma ~ U(0, 25 %)) or a masked patch (replaced by the patch median). Patches are
+placed on the 876 kept pixels, i.e. on the spectrum the network sees (Sect. 3.3 stitches the kept parts).
+
+Splits. As in the paper, train / validation / test share the same noise-free base spectra and differ
+only in their noise realisations (validation and test may be subsets: ``val_fraction``,
+``test_fraction``). Because that test set measures denoising more than generalisation, there is also
+``test_unseen``: a separate base set (same recipe, ``unseen_fraction`` of the base size) made only of
+*combinations* -- the set of templates, regardless of weights and A_V -- whose deterministic hash puts
+them in the held-out fraction of combination space; the train/validation/test draws reject those keys.
+So no set of templates in test_unseen ever occurs, at any weight or A_V, in training; this includes
+single populations: a held-out template is never seen pure in training, only inside mixtures.
+
+Smoothing at the grid edges: each grid point *scatters* its weight to its in-grid 3x3 neighbours with
+the Gaussian kernel renormalised over those neighbours, so the total weight is exactly preserved (the
+paper: "the combined weight of the resulting population cluster remained consistent").
+
+Everything is drawn from ``numpy.random.SeedSequence(seed)`` children (one stream for each base set and
+for each split's noise), so the file is a pure function of (templates, recipe, seed): the same seed
+gives the same bytes. The file is written in blocks (memory ~ one block), atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from specfm.io import atomic_path
+
+from .spectra import attenuate, av_levels
+from .template_table import TemplateGrid
+
+log = logging.getLogger(__name__)
+
+FORMAT = "specfm.galaxies.trainset/1"
+SPLITS = ("train", "validation", "test", "test_unseen")
+MAX_POP = 5
+ROWS = ("original", "replica", "combo2", "combo3", "combo4", "combo5")
+ROW_POP = {"original": 1, "replica": 1, "combo2": 2, "combo3": 3, "combo4": 4, "combo5": 5}
+ROW_MULT = {"original": 1, "replica": 2, "combo2": 2, "combo3": 2, "combo4": 2, "combo5": 2}  # x n_t
+CHUNK_ROWS = 64  # HDF5 chunk: 64 spectra (224 KB of spectra), small enough for random lazy reads
+BLOCK = 4096  # spectra computed and written per step (a multiple of CHUNK_ROWS)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every knob of the generator; stored as JSON in the file. Defaults are the paper's."""
+
+    size_factor: float = 1.0
+    n_av: int = 16
+    av_max: float = 1.5
+    rv: float = 3.1
+    prior_low: float = 0.7  # metallicity prior factor at the lowest [M/H]
+    prior_high: float = 1.4  # ... at the highest [M/H], linear in [M/H] between
+    smooth_sigma: float = 0.7  # bins, 3x3 kernel
+    noise_levels: tuple = (0.0, 0.02, 0.04)  # Gaussian sigma per third, in units of the median flux
+    n_patches: tuple = (15, 25)  # inclusive
+    patch_width: tuple = (3, 15)  # pixels, inclusive
+    patch_sigma_max: float = 0.25
+    p_masked_patch: float = 0.5  # probability that a patch is masked (else high-noise)
+    val_fraction: float = 1.0  # of the base set, with fresh noise (paper: the whole set)
+    test_fraction: float = 1.0
+    unseen_fraction: float = 0.1  # held-out share of combination space, and size of test_unseen / base
+    unseen_salt: str = "specfm-galprote-unseen-1"
+
+
+# ------------------------------------------------------------------------------------ counts
+
+
+def table1_counts(n_templates: int, size_factor: float = 1.0, n_av: int = 16) -> dict:
+    """Table 1 rows per A_V level scaled by ``size_factor``, the per-level sum and the total (no spectra).
+
+    >>> table1_counts(636)["total"]
+    111936
+    """
+    rows = {r: int(round(size_factor * ROW_MULT[r] * n_templates)) for r in ROWS}
+    per_level = sum(rows.values())
+    return {"rows": rows, "per_level": per_level, "n_av": n_av, "total": per_level * n_av}
+
+
+def split_counts(n_templates: int, recipe: Recipe) -> dict:
+    """Number of spectra in each split for this recipe."""
+    base = table1_counts(n_templates, recipe.size_factor, recipe.n_av)["total"]
+    unseen = table1_counts(n_templates, recipe.size_factor * recipe.unseen_fraction, recipe.n_av)["total"]
+    return {
+        "train": base,
+        "validation": int(round(recipe.val_fraction * base)),
+        "test": int(round(recipe.test_fraction * base)),
+        "test_unseen": unseen if recipe.unseen_fraction > 0 else 0,
+    }
+
+
+# ------------------------------------------------------------------------------ combinations
+
+
+def combination_key(components) -> tuple[int, ...]:
+    """The combination a spectrum is made of: sorted flat template indices (-1 padding dropped)."""
+    return tuple(sorted(int(c) for c in np.asarray(components).ravel() if c >= 0))
+
+
+def is_held_out(key: tuple[int, ...], fraction: float, salt: str = Recipe.unseen_salt) -> bool:
+    """Deterministic membership of a combination in the held-out (test_unseen) share of key space."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.blake2b(f"{salt}|{','.join(map(str, key))}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < fraction
+
+
+@dataclass
+class BaseSet:
+    """Noise-free recipe draws: what each base spectrum is made of."""
+
+    components: np.ndarray  # [N, 5] int16 flat template index (iz * n_age + ia), -1 = none; sorted
+    raw: np.ndarray  # [N, 5] float64 drawn weights (sum 1), 0 where no component
+    av_index: np.ndarray  # [N] int8
+    row: np.ndarray  # [N] int8 index into ROWS
+
+    def __len__(self):
+        return self.av_index.size
+
+
+def draw_base(n_templates: int, rows: dict, n_av: int, rng: np.random.Generator, *,
+              held: bool, fraction: float, salt: str) -> BaseSet:
+    """Draw the base set: for each A_V level, for each Table 1 row, its count of combinations.
+
+    ``held=False`` keeps only combinations outside the held-out share (train/validation/test);
+    ``held=True`` only those inside it (test_unseen). Singles cycle through the allowed templates,
+    starting at a per-level offset so that small size factors still cover every template.
+    """
+    ok = lambda key: is_held_out(key, fraction, salt) == held  # noqa: E731
+    singles = np.array([t for t in range(n_templates) if ok((t,))], dtype=np.int64)
+    comps, raws, avs, row_ids = [], [], [], []
+    for level in range(n_av):
+        n_single = rows["original"] + rows["replica"]
+        if n_single:
+            if singles.size == 0:
+                raise ValueError(f"no single template is {'held out' if held else 'allowed'} "
+                                 f"(unseen_fraction={fraction}); change the fraction or the size")
+            idx = singles[(level * n_single + np.arange(n_single)) % singles.size]
+            c = np.full((n_single, MAX_POP), -1, np.int64)
+            c[:, 0] = idx
+            w = np.zeros((n_single, MAX_POP))
+            w[:, 0] = 1.0
+            comps.append(c), raws.append(w)
+            row_ids.append(np.repeat([0, 1], [rows["original"], rows["replica"]]))
+        for r in ROWS[2:]:
+            k, n = ROW_POP[r], rows[r]
+            if n == 0:
+                continue
+            if math.comb(n_templates, k) == 0:
+                raise ValueError(f"{r}: needs {k} templates, the grid has {n_templates}")
+            got = []
+            for _ in range(1000):
+                m = max(2 * (n - len(got)), 16)
+                draw = np.sort(np.argsort(rng.random((m, n_templates)), axis=1)[:, :k], axis=1)
+                got += [d for d in draw if ok(tuple(d.tolist()))][: n - len(got)]
+                if len(got) == n:
+                    break
+            else:
+                raise ValueError(f"{r}: could not draw {n} {'held-out' if held else 'allowed'} combinations")
+            c = np.full((n, MAX_POP), -1, np.int64)
+            c[:, :k] = np.array(got)
+            w = np.zeros((n, MAX_POP))
+            u = rng.random((n, k))
+            w[:, :k] = u / u.sum(axis=1, keepdims=True)
+            comps.append(c), raws.append(w)
+            row_ids.append(np.full(n, ROWS.index(r)))
+        n_level = sum(rows.values())
+        avs.append(np.full(n_level, level))
+    if not comps:
+        return BaseSet(np.zeros((0, MAX_POP), np.int16), np.zeros((0, MAX_POP)), np.zeros(0, np.int8),
+                       np.zeros(0, np.int8))
+    return BaseSet(np.concatenate(comps).astype(np.int16), np.concatenate(raws),
+                   np.concatenate(avs).astype(np.int8), np.concatenate(row_ids).astype(np.int8))
+
+
+# ----------------------------------------------------------------------------------- grids
+
+
+def metallicity_prior(mh, low=0.7, high=1.4) -> np.ndarray:
+    """Weight factor per [M/H]: linear in [M/H] from ``low`` at the lowest to ``high`` at the highest."""
+    mh = np.asarray(mh, dtype=float)
+    if mh.size == 1:
+        return np.full(1, 0.5 * (low + high))
+    return low + (high - low) * (mh - mh.min()) / (mh.max() - mh.min())
+
+
+def smoothing_matrix(n_z: int, n_age: int, sigma: float = 0.7) -> np.ndarray:
+    """S [n_t, n_t] with smoothed_flat = flat @ S: each cell scatters its weight over its in-grid 3x3
+    neighbours with a Gaussian of ``sigma`` bins, renormalised over them (rows of S sum to 1)."""
+    n_t = n_z * n_age
+    s = np.zeros((n_t, n_t))
+    for iz in range(n_z):
+        for ia in range(n_age):
+            for dz in (-1, 0, 1):
+                for da in (-1, 0, 1):
+                    jz, ja = iz + dz, ia + da
+                    if 0 <= jz < n_z and 0 <= ja < n_age:
+                        s[iz * n_age + ia, jz * n_age + ja] = np.exp(-(dz * dz + da * da) / (2 * sigma**2))
+    return s / s.sum(axis=1, keepdims=True)
+
+
+def grid_weights(components, raw, shape, prior, smooth) -> np.ndarray:
+    """[B, n_Z, n_age] final weights: scatter the draws, apply the [M/H] prior, renormalise, smooth."""
+    n_z, n_age = shape
+    b = components.shape[0]
+    dense = np.zeros((b, n_z * n_age))
+    valid = components >= 0
+    rows = np.broadcast_to(np.arange(b)[:, None], components.shape)
+    dense[rows[valid], components[valid]] = raw[valid]  # components in a row are distinct
+    dense = dense * np.repeat(prior, n_age)[None, :]
+    dense /= dense.sum(axis=1, keepdims=True)
+    return (dense @ smooth).reshape(b, n_z, n_age)
+
+
+def model_spectra(flux_flat, mask, factors, weights_flat) -> np.ndarray:
+    """Median-normalised kept-pixel spectra [B, n_kept] of templates ``flux_flat`` [n_t, n_pix] mixed
+    with ``weights_flat`` [B, n_t] and attenuated by ``factors`` [B, n_pix] (10^(-0.4 A_V k))."""
+    spec = (weights_flat @ flux_flat) * factors  # [B, n_pix]
+    kept = spec[:, mask]
+    return kept / np.median(kept, axis=1, keepdims=True)
+
+
+def attenuation_factors(wave, av, rv=3.1) -> np.ndarray:
+    """[len(av), n_pix] O'Donnell (1994) transmission for each A_V."""
+    return attenuate(wave, np.ones(len(wave)), np.atleast_1d(np.asarray(av, dtype=float)), rv=rv)
+
+
+# ----------------------------------------------------------------------------------- noise
+
+
+def add_noise(flux, level, rng: np.random.Generator, *, n_patches=(15, 25), width=(3, 15),
+              sigma_max=0.25, p_masked=0.5):
+    """Noise phases of Sect. 3.2 on median-normalised spectra ``flux`` [B, n] (a new array is returned).
+
+    1. Gaussian noise of sigma ``level`` [B] (units of the median flux);
+    2. per spectrum n_patches[0]..n_patches[1] patches of width[0]..width[1] px at random positions,
+       each masked (with probability ``p_masked``: replaced by the median of the patch) or high-noise
+       (zero-mean Gaussian, sigma ~ U(0, sigma_max)); later patches act on the result of earlier ones.
+
+    Returns (noisy [B, n], patched [B, n] bool: pixels touched by a patch, count [B]: patches drawn).
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    b, n = flux.shape
+    out = flux + np.asarray(level, dtype=float).reshape(-1, 1) * rng.standard_normal((b, n))
+    patched = np.zeros((b, n), bool)
+    lo, hi = n_patches
+    if hi <= 0:
+        return out, patched, np.zeros(b, np.int64)
+    count = rng.integers(lo, hi + 1, size=b)
+    wmax = width[1]
+    flat, pflat = out.reshape(-1), patched.reshape(-1)
+    offs = np.arange(wmax)[None, :]
+    for p in range(hi):
+        w = rng.integers(width[0], width[1] + 1, size=b)
+        start = rng.integers(0, n - w + 1)
+        masked = rng.random(b) < p_masked
+        sigma = rng.uniform(0.0, sigma_max, size=b)
+        z = rng.standard_normal((b, wmax))
+        active = (p < count)[:, None] & (offs < w[:, None])  # [B, wmax]
+        idx = np.arange(b)[:, None] * n + np.minimum(start[:, None] + offs, n - 1)
+        vals = np.where(active, flat[idx], np.nan)
+        masked &= p < count  # rows without a patch p have no median to take
+        med = np.zeros(b)
+        if masked.any():
+            med[masked] = np.nanmedian(vals[masked], axis=1)
+        new = np.where(masked[:, None], med[:, None], vals + sigma[:, None] * z)
+        flat[idx[active]] = new[active]
+        pflat[idx[active]] = True
+    return out, patched, count
+
+
+# ----------------------------------------------------------------------------------- writer
+
+
+def _seeds(seed: int) -> dict:
+    names = ("base", "unseen", "subsets", *(f"noise_{s}" for s in SPLITS))
+    return dict(zip(names, np.random.SeedSequence(seed).spawn(len(names))))
+
+
+def build_training_set(templates: TemplateGrid, out_path, *, size_factor: float = 1.0, seed: int = 0,
+                       progress: bool = True, recipe: Recipe | None = None, **overrides) -> dict:
+    """Generate the four splits from ``templates`` and write them to ``out_path`` (HDF5, atomically).
+
+    ``recipe`` (default: the paper's) with ``size_factor`` and any other `Recipe` field in
+    ``overrides``. Returns {"counts": {split: N}, "table1": table1_counts(...), "recipe": {...}}.
+
+    Layout: per split ``{split}/spectra [N, n_kept] f4``, ``weights [N, n_Z, n_age] f4`` (sum 1),
+    ``av_index [N] i1``, ``av [N] f4``, ``noise_level [N] f4``, ``n_patches [N] i1``,
+    ``components [N, 5] i2`` (flat template indices, -1 padded: the combination key), ``row [N] i1``
+    (index into ROWS), ``base_index [N] i4``; the templates under ``templates/``; root attributes
+    ``log_age``, ``mh``, ``av_levels``, ``wave`` (kept pixels), ``recipe`` and ``counts`` (JSON).
+    """
+    recipe = Recipe(**{**asdict(recipe or Recipe()), "size_factor": size_factor, **overrides})
+    n_z, n_age, n_pix = templates.flux.shape
+    n_t = n_z * n_age
+    mask = np.asarray(templates.mask, bool)
+    seeds = _seeds(seed)
+    levels = av_levels(recipe.n_av, recipe.av_max)
+    table = table1_counts(n_t, recipe.size_factor, recipe.n_av)
+    salt, frac = recipe.unseen_salt, recipe.unseen_fraction
+    base = draw_base(n_t, table["rows"], recipe.n_av, np.random.default_rng(seeds["base"]),
+                     held=False, fraction=frac, salt=salt)
+    unseen_rows = table1_counts(n_t, recipe.size_factor * frac, recipe.n_av)["rows"]
+    unseen = (draw_base(n_t, unseen_rows, recipe.n_av, np.random.default_rng(seeds["unseen"]),
+                        held=True, fraction=frac, salt=salt) if frac > 0 else None)
+    counts = split_counts(n_t, recipe)
+    sub_rng = np.random.default_rng(seeds["subsets"])
+    index = {
+        "train": np.arange(len(base)),
+        "validation": np.sort(sub_rng.permutation(len(base))[: counts["validation"]]),
+        "test": np.sort(sub_rng.permutation(len(base))[: counts["test"]]),
+        "test_unseen": np.arange(counts["test_unseen"]),
+    }
+    sources = {"train": base, "validation": base, "test": base, "test_unseen": unseen}
+
+    flux_flat = np.asarray(templates.flux, dtype=np.float64).reshape(n_t, n_pix)
+    prior = metallicity_prior(templates.mh, recipe.prior_low, recipe.prior_high)
+    smooth = smoothing_matrix(n_z, n_age, recipe.smooth_sigma)
+    factors = attenuation_factors(templates.wave, levels, recipe.rv)  # [n_av, n_pix]
+    n_kept = int(mask.sum())
+    total = sum(counts.values())
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc="galaxies trainset", unit="spec", mininterval=1.0)
+
+    meta = {"format": FORMAT, "recipe": asdict(recipe), "seed": seed, "counts": counts, "table1": table,
+            "rows": list(ROWS), "chunk_rows": CHUNK_ROWS, "block": BLOCK,
+            "spectrum": "median-normalise(10^(-0.4 A_V k_O94(lambda)) * sum_ij w_ij T_ij)[mask], "
+                        "then noise; T_ij median-normalised templates, w the stored weights",
+            }
+    with atomic_path(out_path) as tmp:
+        with h5py.File(tmp, "w", libver="earliest", track_order=False) as h5:
+            h5.attrs["format"] = FORMAT
+            h5.attrs["meta"] = json.dumps(meta, sort_keys=True, default=_json_default)
+            h5.attrs["log_age"] = np.asarray(templates.log_age, float)
+            h5.attrs["mh"] = np.asarray(templates.mh, float)
+            h5.attrs["av_levels"] = levels
+            h5.attrs["wave"] = np.asarray(templates.wave, float)[mask]
+            tg = h5.create_group("templates", track_order=False)
+            for name in ("wave", "flux", "log_age", "mh", "mask", "norm"):
+                tg.create_dataset(name, data=np.asarray(getattr(templates, name)), track_times=False)
+            # the template table's metadata can outgrow an attribute (64 KB): a byte dataset of JSON
+            tmeta = json.dumps(templates.meta, sort_keys=True, default=_json_default).encode()
+            tg.create_dataset("meta_json", data=np.frombuffer(tmeta, np.uint8), track_times=False)
+            for split in SPLITS:
+                n = counts[split]
+                src, idx = sources[split], index[split]
+                rng = np.random.default_rng(seeds[f"noise_{split}"])
+                phase = np.empty(n, np.int64)
+                phase[rng.permutation(n)] = np.arange(n) * len(recipe.noise_levels) // max(n, 1)
+                level = np.asarray(recipe.noise_levels, float)[phase]
+                g = h5.create_group(split, track_order=False)
+                ds = _create(g, n, n_kept, (n_z, n_age))
+                for lo in range(0, n, BLOCK):
+                    hi = min(lo + BLOCK, n)
+                    bi = idx[lo:hi]
+                    comp, raw, avi = src.components[bi], src.raw[bi], src.av_index[bi]
+                    w = grid_weights(comp.astype(np.int64), raw, (n_z, n_age), prior, smooth)
+                    clean = model_spectra(flux_flat, mask, factors[avi], w.reshape(-1, n_t))
+                    noisy, _, n_patch = add_noise(
+                        clean, level[lo:hi], rng, n_patches=recipe.n_patches, width=recipe.patch_width,
+                        sigma_max=recipe.patch_sigma_max, p_masked=recipe.p_masked_patch)
+                    ds["spectra"][lo:hi] = noisy.astype(np.float32)
+                    ds["weights"][lo:hi] = w.astype(np.float32)
+                    ds["av_index"][lo:hi] = avi
+                    ds["av"][lo:hi] = levels[avi].astype(np.float32)
+                    ds["noise_level"][lo:hi] = level[lo:hi].astype(np.float32)
+                    ds["n_patches"][lo:hi] = n_patch
+                    ds["components"][lo:hi] = comp
+                    ds["row"][lo:hi] = src.row[bi]
+                    ds["base_index"][lo:hi] = bi
+                    if bar is not None:
+                        bar.update(hi - lo)
+    if bar is not None:
+        bar.close()
+    log.info("wrote %s: %s spectra (%s)", out_path, total, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return {"counts": counts, "table1": table, "recipe": asdict(recipe)}
+
+
+def _create(g, n, n_kept, shape) -> dict:
+    rows = max(1, min(CHUNK_ROWS, n))
+    kw = dict(track_times=False)
+    return {
+        "spectra": g.create_dataset("spectra", (n, n_kept), np.float32, chunks=(rows, n_kept), **kw),
+        "weights": g.create_dataset("weights", (n, *shape), np.float32, chunks=(rows, *shape),
+                                    compression="gzip", compression_opts=4, shuffle=True, **kw),
+        "av_index": g.create_dataset("av_index", (n,), np.int8, **kw),
+        "av": g.create_dataset("av", (n,), np.float32, **kw),
+        "noise_level": g.create_dataset("noise_level", (n,), np.float32, **kw),
+        "n_patches": g.create_dataset("n_patches", (n,), np.int8, **kw),
+        "components": g.create_dataset("components", (n, MAX_POP), np.int16, **kw),
+        "row": g.create_dataset("row", (n,), np.int8, **kw),
+        "base_index": g.create_dataset("base_index", (n,), np.int32, **kw),
+    }
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def read_meta(path) -> dict:
+    """Root metadata: the JSON ``meta`` plus the axes log_age, mh, av_levels, wave (kept pixels)."""
+    with h5py.File(path, "r") as h5:
+        if h5.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a training set of format {FORMAT}")
+        meta = json.loads(h5.attrs["meta"])
+        for name in ("log_age", "mh", "av_levels", "wave"):
+            meta[name] = np.asarray(h5.attrs[name])
+    return meta
+
+
+def read_templates(path) -> TemplateGrid:
+    """The template grid stored in a training set (what its spectra were made from)."""
+    with h5py.File(path, "r") as h5:
+        arrays = {k: h5["templates"][k][()] for k in ("wave", "flux", "log_age", "mh", "mask", "norm")}
+        meta = json.loads(h5["templates"]["meta_json"][()].tobytes())
+    return TemplateGrid(meta=meta, **arrays)
+
+
+def load_split(path, split: str, fields=("spectra", "weights", "av_index"), limit: int | None = None) -> dict:
+    """The named datasets of one split as numpy arrays (the first ``limit`` rows if given)."""
+    with h5py.File(path, "r") as h5:
+        g = h5[split]
+        sl = slice(None) if limit is None else slice(0, limit)
+        return {f: g[f][sl] for f in fields}
+
+
+def split_nbytes(path, split: str) -> int:
+    """Bytes of spectra + weights of a split when loaded (float32)."""
+    with h5py.File(path, "r") as h5:
+        g = h5[split]
+        return int(g["spectra"].size + g["weights"].size) * 4
+
+
+class SplitDataset:
+    """torch Dataset over one split: item i -> (spectrum [n_kept], weights [n_Z, n_age], av_index) tensors.
+
+    ``in_memory=True`` loads the split once (fast); False reads rows lazily from the file (one open
+    handle per process, opened on first use, so DataLoader workers each get their own).
+    """
+
+    def __init__(self, path, split: str, in_memory: bool = True):
+        self.path, self.split, self.in_memory = str(path), split, in_memory
+        self._h5 = None
+        with h5py.File(self.path, "r") as h5:
+            self.n = h5[split]["av_index"].shape[0]
+        if in_memory:
+            import torch
+            d = load_split(self.path, split)
+            self.tensors = (torch.from_numpy(d["spectra"]), torch.from_numpy(d["weights"]),
+                            torch.from_numpy(d["av_index"].astype(np.int64)))
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        import torch
+        if self.in_memory:
+            return tuple(t[i] for t in self.tensors)
+        if self._h5 is None:
+            self._h5 = h5py.File(self.path, "r")
+        g = self._h5[self.split]
+        return (torch.from_numpy(g["spectra"][i]), torch.from_numpy(g["weights"][i]),
+                torch.tensor(int(g["av_index"][i]), dtype=torch.int64))
+
+    def __getstate__(self):  # picklable for DataLoader workers: the handle is reopened there
+        state = dict(self.__dict__)
+        state["_h5"] = None
+        return state
+
+    def tensor_dataset(self):
+        """The split as a torch TensorDataset (the training loop's fast path); loads it if lazy."""
+        from torch.utils.data import TensorDataset
+        if not self.in_memory:
+            return SplitDataset(self.path, self.split, in_memory=True).tensor_dataset()
+        return TensorDataset(*self.tensors)
