@@ -28,6 +28,7 @@ def galaxy_cube(wildcards):
 
 TRAINING_TEMPLATES = f"results/interim/galaxies/templates_{GAL['template_set']}.h5"
 GALPROTE_MODEL = f"results/models/galaxies/galprote_{GAL['template_set']}.pt"
+TRAINING_SET = f"results/interim/galaxies/trainset_{GAL['template_set']}.h5"
 
 
 rule galaxies_templates:
@@ -66,40 +67,47 @@ rule galaxies_templates_figure:
 
 
 rule galaxies_training_set:
+    """Table 1 singles, replicas and 2..5-population mixtures x 16 A_V levels, noise phases; splits
+    train / validation / test (other noise) / test_unseen (combinations never seen in training)."""
     input:
         TRAINING_TEMPLATES,
     output:
-        with_prov(f"results/interim/galaxies/trainset_{GAL['template_set']}.h5"),
+        with_prov(TRAINING_SET),
     log:
         "logs/galaxies/trainset.log",
     cache: True
     params:
-        **pending(3),
+        size_factor=GAL["trainset"]["size_factor"],
+        seed=derived_seed("galaxies_trainset"),
     resources:
         mem_mb=8000,
         runtime=60,
     script:
-        "../../scripts/pending.py"
+        "../../scripts/galaxies_training_set.py"
 
 
 rule galaxies_train:
+    """GalProTE on GPU if granted (gpu from config; 0 = CPU), checkpointed and resumable."""
     input:
-        rules.galaxies_training_set.output[0],
+        TRAINING_SET,
     output:
         with_prov(GALPROTE_MODEL),
+        with_prov("results/galaxies/synthetic_metrics.json"),
     log:
         "logs/galaxies/train.log",
     benchmark:
         "benchmarks/galaxies/train.tsv"
     params:
-        **pending(3),
-    threads: 2
+        train=GAL["train"],
+        arch=GAL["model"],
+        seed=derived_seed("galaxies_train"),
+    threads: GAL["train"]["threads"]
     resources:
         gpu=train_resources("galaxies", "gpu"),
         mem_mb=train_resources("galaxies", "mem_mb"),
         runtime=train_resources("galaxies", "runtime"),
     script:
-        "../../scripts/pending.py"
+        "../../scripts/galaxies_train.py"
 
 
 def mock_params(wildcards):
@@ -167,16 +175,18 @@ rule galaxies_predict:
     log:
         "logs/galaxies/{galaxy}_predict.log",
     params:
-        **pending(3),
+        clip_frac=GAL["clip_frac"],
+    threads: 2
     resources:
         gpu=train_resources("galaxies", "gpu"),
         mem_mb=8000,
         runtime=30,
     script:
-        "../../scripts/pending.py"
+        "../../scripts/galaxies_predict.py"
 
 
 rule galaxies_ppxf:
+    """pPXF on the same bins with the same templates: attenuation fit, then fixed A_V + polynomial."""
     input:
         bins="results/interim/galaxies/{galaxy}_bins.h5",
         templates=TRAINING_TEMPLATES,
@@ -184,14 +194,16 @@ rule galaxies_ppxf:
         with_prov("results/{galaxy}_ppxf_maps.fits"),
     log:
         "logs/galaxies/{galaxy}_ppxf.log",
+    benchmark:
+        "benchmarks/galaxies/{galaxy}_ppxf.tsv"
     params:
-        **pending(3),
-    threads: 2
+        degree=GAL["ppxf"]["degree"],
+    threads: GAL["ppxf"]["threads"]
     resources:
         mem_mb=8000,
-        runtime=600,
+        runtime=GAL["ppxf"]["runtime"],
     script:
-        "../../scripts/pending.py"
+        "../../scripts/galaxies_ppxf.py"
 
 
 rule galaxies_compare:

@@ -75,3 +75,86 @@ def bin_cube(cube_path: str | Path, out: str | Path, *, redshift: float, target_
     provenance.write(out, inputs={"cube": cube_path}, code=[*CODE, "specfm.galaxies.cube"], code_files=code_files,
                      params={"redshift": redshift, "target_snr": target_snr, "min_snr": min_snr},
                      step="galaxies_bin")
+
+
+# ------------------------------------------------------------------ training set, model, maps
+MODEL_CODE = [*CODE, "specfm.galaxies.trainset", "specfm.galaxies.model", "specfm.galaxies.training", "specfm.train"]
+
+
+def training_set(templates_path: str | Path, out: str | Path, *, size_factor: float, seed: int, code_files=()) -> None:
+    """Templates -> GalProTE training set (Table 1 recipe; train/validation/test/test_unseen)."""
+    from .trainset import build_training_set
+
+    start = time.perf_counter()
+    info = build_training_set(read_template_table(templates_path), out, size_factor=size_factor, seed=seed)
+    log.info("wrote %s: %s spectra per split in %.1f s", out, info["counts"], time.perf_counter() - start)
+    provenance.write(out, inputs={"templates": templates_path}, params={"size_factor": size_factor}, seed=seed,
+                     code=MODEL_CODE, code_files=code_files, step="galaxies_training_set")
+
+
+def train_model(trainset_path: str | Path, out: str | Path, metrics_out: str | Path, *, train: dict, arch: dict,
+                seed: int, threads: int, code_files=()) -> None:
+    """Train GalProTE (checkpointed, resumable) and score it on the synthetic test splits."""
+    from specfm.io import write_json_atomic
+
+    from .training import load_galprote, synthetic_metrics, train_galprote
+
+    summary = train_galprote(trainset_path, out, epochs=train["epochs"], patience=train["patience"],
+                             batch_size=train["batch_size"], gpu=train["gpu"], seed=seed, threads=threads,
+                             log=log, **arch)
+    model, _ = load_galprote(out)
+    scores = synthetic_metrics(model, trainset_path)
+    write_json_atomic(metrics_out, {"training": summary, "synthetic": scores})
+    log.info("synthetic scores: %s", scores)
+    params = {"train": {k: train[k] for k in ("epochs", "patience", "batch_size")}, "arch": arch}
+    for product in (out, metrics_out):
+        provenance.write(product, inputs={"trainset": trainset_path}, params=params, seed=seed, code=MODEL_CODE,
+                         code_files=code_files, step="galaxies_train")
+
+
+def model_maps(bins_path: str | Path, model_path: str | Path, templates_path: str | Path, out: str | Path, *,
+               clip_frac: float, code_files=()) -> dict:
+    """Per-bin GalProTE grids -> LOGAGE / MH / AV / residual maps (FITS with the cube's WCS)."""
+    import numpy as np
+
+    from .cube import read_bins
+    from .maps import write_maps
+    from .training import light_weighted, load_galprote, predict, reconstruct
+
+    bins = read_bins(bins_path)
+    templates = read_template_table(templates_path)
+    model, meta = load_galprote(model_path)
+    start = time.perf_counter()
+    weights, av = predict(model, bins.spectra, frac=clip_frac)
+    seconds = time.perf_counter() - start
+    logage, mh = light_weighted(weights, templates.log_age, templates.mh)
+    resid = bins.spectra - reconstruct(templates, weights, av)
+    log.info("GalProTE on %d bins of %s: %.3g s (%.3g ms per spectrum)", bins.n_bins, bins_path, seconds,
+             1e3 * seconds / max(bins.n_bins, 1))
+    quantities = {"LOGAGE": (logage, "log10(yr)"), "MH": (mh, "dex"), "AV": (av, "mag"),
+                  "RESID_MEAN": (resid.mean(axis=1), ""), "RESID_STD": (resid.std(axis=1), ""),
+                  "SNR": (bins.snr, "")}
+    write_maps(out, bin_id=bins.bin_id, wcs_header=bins.wcs_header, quantities=quantities, grids=weights,
+               grid_axes=(templates.log_age, templates.mh),
+               meta={"method": "GalProTE", "clip_frac": clip_frac, "model_trainset_id": meta.get("trainset_id", "")})
+    provenance.write(out, inputs={"bins": bins_path, "model": model_path, "templates": templates_path},
+                     params={"clip_frac": clip_frac}, code=[*MODEL_CODE, "specfm.galaxies.maps"],
+                     code_files=code_files, step="galaxies_predict")
+    return {"seconds_per_spectrum": seconds / max(bins.n_bins, 1)}
+
+
+def ppxf_maps(bins_path: str | Path, templates_path: str | Path, out: str | Path, *, degree: int, n_jobs: int,
+              code_files=()) -> None:
+    """The pPXF baseline on the same bins with the same templates, in the same maps layout."""
+    from .cube import read_bins
+    from .ppxf_fit import fit_bins, write_ppxf_maps
+
+    bins = read_bins(bins_path)
+    templates = read_template_table(templates_path)
+    result = fit_bins(bins, templates, degree=degree, n_jobs=n_jobs)
+    log.info("pPXF on %d bins: %.3g s per spectrum, %d failed", bins.n_bins,
+             result["meta"]["seconds_per_spectrum"], int((~result["OK"]).sum()))
+    write_ppxf_maps(out, bins, templates, result)
+    provenance.write(out, inputs={"bins": bins_path, "templates": templates_path}, params={"degree": degree},
+                     code=[*CODE, "specfm.galaxies.ppxf_fit", "specfm.galaxies.maps", "specfm.galaxies.cube"],
+                     code_files=code_files, step="galaxies_ppxf")

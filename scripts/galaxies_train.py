@@ -1,0 +1,13 @@
+"""Rule entry point: train GalProTE (resumes from its checkpoint after a kill or requeue)."""
+
+from specfm.galaxies.steps import train_model
+from specfm.logs import rule_logging
+from specfm.train import cleanup, init_distributed, maybe_relaunch_with_torchrun
+
+maybe_relaunch_with_torchrun(snakemake.resources.gpu)  # DDP when more than one GPU is granted
+init_distributed()
+with rule_logging(snakemake.log[0]):
+    train_model(snakemake.input[0], snakemake.output[0], snakemake.output[2], train=snakemake.params.train,
+                arch=snakemake.params.arch, seed=snakemake.params.seed, threads=snakemake.threads,
+                code_files=[__file__])
+cleanup()

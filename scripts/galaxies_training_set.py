@@ -1,0 +1,8 @@
+"""Rule entry point: template grid -> GalProTE training set (HDF5)."""
+
+from specfm.galaxies.steps import training_set
+from specfm.logs import rule_logging
+
+with rule_logging(snakemake.log[0]):
+    training_set(snakemake.input[0], snakemake.output[0], size_factor=snakemake.params.size_factor,
+                 seed=snakemake.params.seed, code_files=[__file__])
