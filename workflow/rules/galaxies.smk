@@ -206,36 +206,61 @@ rule galaxies_ppxf:
         "../../scripts/galaxies_ppxf.py"
 
 
+def galaxy_truth(wildcards):
+    """Truth maps exist for mock galaxies only; real ones are compared model vs pPXF."""
+    if GAL["targets"][wildcards.galaxy]["kind"] == "mock":
+        return {"truth": f"results/{wildcards.galaxy}_truth.fits"}
+    return {}
+
+
+def compare_records():
+    """The provenance records of the compare products (suffixes under results/galaxies/)."""
+    names = ["{galaxy}_metrics.json"] + [f"figures/{{galaxy}}_{n}.png" for n in ("panels", "running", "residuals")]
+    return [f"results/galaxies/{n}.prov.json" for n in names]
+
+
 rule galaxies_compare:
+    """Model vs pPXF (vs truth for mocks): metrics and the paper's Figures 13-18 style plots."""
     input:
+        unpack(galaxy_truth),
         model="results/{galaxy}_maps.fits",
         ppxf="results/{galaxy}_ppxf_maps.fits",
+        bench="results/bench/galaxies_speed.json",
     output:
-        "results/galaxies/{galaxy}_metrics.json",
+        metrics=report("results/galaxies/{galaxy}_metrics.json", caption="../report/galaxies_metrics.rst",
+                       category="galaxies"),
+        panels=report("results/galaxies/figures/{galaxy}_panels.png", caption="../report/galaxies_panels.rst",
+                      category="galaxies"),
+        running=report("results/galaxies/figures/{galaxy}_running.png", caption="../report/galaxies_running.rst",
+                       category="galaxies"),
+        residuals=report("results/galaxies/figures/{galaxy}_residuals.png",
+                         caption="../report/galaxies_residuals.rst", category="galaxies"),
+        records=compare_records(),
     log:
         "logs/galaxies/{galaxy}_compare.log",
-    params:
-        **pending(3),
     resources:
         mem_mb=4000,
         runtime=10,
     script:
-        "../../scripts/pending.py"
+        "../../scripts/galaxies_compare.py"
 
 
 rule galaxies_bench:
+    """Seconds per spectrum of GalProTE (batched, after warm-up) and pPXF on the same bins, one run."""
     input:
         model=GALPROTE_MODEL,
         templates=TRAINING_TEMPLATES,
+        bins=f"results/interim/galaxies/{GAL['bench']['target']}_bins.h5",
     output:
         "results/bench/galaxies_speed.json",
     log:
         "logs/galaxies/bench.log",
     params:
-        **pending(3),
+        n_ppxf=GAL["bench"]["n_ppxf"],
+        degree=GAL["ppxf"]["degree"],
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
     script:
-        "../../scripts/pending.py"
+        "../../scripts/galaxies_bench.py"

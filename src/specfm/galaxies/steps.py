@@ -158,3 +158,53 @@ def ppxf_maps(bins_path: str | Path, templates_path: str | Path, out: str | Path
     provenance.write(out, inputs={"bins": bins_path, "templates": templates_path}, params={"degree": degree},
                      code=[*CODE, "specfm.galaxies.ppxf_fit", "specfm.galaxies.maps", "specfm.galaxies.cube"],
                      code_files=code_files, step="galaxies_ppxf")
+
+
+def compare(model_path: str | Path, ppxf_path: str | Path, truth_path: str | Path | None, bench_path: str | Path,
+            metrics_out: str | Path, figures: dict, *, code_files=()) -> None:
+    """Model vs pPXF (and vs truth for a mock): metrics JSON and the map / difference / residual figures."""
+    import json
+
+    from specfm.io import write_json_atomic
+
+    from .compare import compare_maps, plot_map_panels, plot_residual_histograms, plot_running_differences
+    from .maps import read_maps
+
+    model, ppxf = read_maps(model_path), read_maps(ppxf_path)
+    truth = None
+    if truth_path:
+        from .mock_cube import read_truth
+
+        truth = read_truth(truth_path)
+    timing = json.loads(Path(bench_path).read_text())
+    metrics = compare_maps(model, ppxf, truth, timing=timing)
+    write_json_atomic(metrics_out, metrics)
+    plot_map_panels(model, ppxf, figures["panels"], truth=truth)
+    plot_running_differences(model, ppxf, figures["running"], truth=truth)
+    plot_residual_histograms(model, ppxf, figures["residuals"])
+    log.info("compared %s with %s (reference: %s); speed ratio %.0f", model_path, ppxf_path, metrics["reference"],
+             metrics["speed_ratio"])
+    inputs = {"model_maps": model_path, "ppxf_maps": ppxf_path, "bench": bench_path}
+    if truth_path:
+        inputs["truth"] = truth_path
+    for product in (metrics_out, *figures.values()):
+        provenance.write(product, inputs=inputs, code=[*CODE, "specfm.galaxies.compare", "specfm.galaxies.maps"],
+                         code_files=code_files, step="galaxies_compare")
+
+
+def bench(model_path: str | Path, templates_path: str | Path, bins_path: str | Path, out: str | Path, *,
+          n_ppxf: int, degree: int, code_files=()) -> None:
+    """Model vs pPXF seconds per spectrum, measured in one run on the same machine and spectra."""
+    from specfm.io import write_json_atomic
+
+    from .bench import benchmark_speed
+    from .cube import read_bins
+    from .training import load_galprote
+
+    model, _ = load_galprote(model_path)
+    result = benchmark_speed(model, read_template_table(templates_path), read_bins(bins_path), n_ppxf=n_ppxf,
+                             degree=degree)
+    result["inputs"] = {"model": str(model_path), "templates": str(templates_path), "bins": str(bins_path)}
+    write_json_atomic(out, result)
+    log.info("benchmark: model %.3g s, pPXF %.3g s per spectrum, ratio %.0f", result["model_seconds_per_spectrum"],
+             result["ppxf_seconds_per_spectrum"], result["speed_ratio"])
