@@ -10,7 +10,7 @@ regularization." Here, per Voronoi bin:
   galaxy is median-normalised exactly like the templates of ``TemplateGrid`` (median-normalised at the
   MUSE LSF). The template weights are then light fractions in the model's sense;
 * log-rebinning (``ppxf.ppxf_util.log_rebin``): the galaxy keeps its 948 pixels, which fixes
-  ``velscale`` = c ln(lambda_max / lambda_min) / 948 = 127.4 km/s (the 2.48 A pixels are 157 km/s at
+  ``velscale`` = c ln(lambda_max / lambda_min) / 948 = 127.3 km/s (the 2.48 A pixels are 157 km/s at
   4750 A and 105 km/s at 7100 A); the templates are log-rebinned at ``velscale / velscale_ratio``
   (default ratio 2: 64 km/s, so the LOSVD is applied at a finer sampling than the galaxy pixels, then
   integrated over them, which is what ``velscale_ratio`` is for). The variance goes through the
@@ -47,7 +47,7 @@ error in the log; the map goes on.
 from __future__ import annotations
 
 import logging
-import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +142,7 @@ def prepare(templates: TemplateGrid, wave=None, *, velscale_ratio: int = 2, edge
     _, ln_lam, velscale = log_rebin(lam_range, np.zeros(wave.size))
     n_z, n_age, _ = templates.flux.shape
     flat = np.asarray(templates.flux, dtype=float).reshape(n_z * n_age, -1).T  # [n_lin, n_t]
-    tpl, ln_lam_t, vs_t = log_rebin(lam_range, flat, velscale=velscale / velscale_ratio)
+    tpl, ln_lam_t, _ = log_rebin(lam_range, flat, velscale=velscale / velscale_ratio)
     lam = np.exp(ln_lam)
     lam_t = np.exp(ln_lam_t)
     vsyst = C_KMS * np.log(np.mean(lam_t[:velscale_ratio]) / lam[0])
@@ -245,8 +245,6 @@ _WORKER: dict = {}
 
 
 def _init_worker(setup: PPXFSetup) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
     _WORKER["setup"] = setup
 
 
@@ -270,7 +268,8 @@ def fit_bins(bins: Bins, templates: TemplateGrid, *, degree: int = 12, progress:
     """pPXF on every bin of ``bins`` with ``templates`` (the two-fit recipe of the module docstring).
 
     ``degree``: multiplicative Legendre degree of fit 2 (PHANGS: 12). ``n_jobs`` > 1 fits chunks of
-    ``chunk`` bins in that many processes (spawned; BLAS limited to one thread each). A_V is bounded
+    ``chunk`` bins in that many processes (forked on Linux, else spawned); each inherits the
+    BLAS thread count of the environment, so set OPENBLAS_NUM_THREADS=1 (or OMP_/MKL_) with n_jobs > 1. A_V is bounded
     to ``av_bounds`` (pPXF's default reddening range; wider than GalProTE's 0-1.5 so pPXF is not
     handed the model's prior); V within +-``vmax_kms`` of the systemic velocity the cube was
     de-redshifted with, sigma within ``sigma_bounds``.
@@ -318,7 +317,10 @@ def fit_bins(bins: Bins, templates: TemplateGrid, *, degree: int = 12, progress:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=int(n_jobs), mp_context=mp.get_context("spawn"),
+            # fork where available: the workers inherit the setup, and a caller without a
+            # `if __name__ == "__main__"` guard (a Snakemake script) is not re-run in every worker
+            method = "fork" if "fork" in mp.get_all_start_methods() and sys.platform.startswith("linux") else "spawn"
+            with ProcessPoolExecutor(max_workers=int(n_jobs), mp_context=mp.get_context(method),
                                      initializer=_init_worker, initargs=(setup,)) as pool:
                 futures = [pool.submit(_run_chunk, list(range(lo, min(lo + chunk, n))), spectra[lo:lo + chunk],
                                        noises[lo:lo + chunk], norms[lo:lo + chunk])
