@@ -1,7 +1,9 @@
 """GalProTE (seed 000): stellar age, [M/H] and A_V of galaxies from MUSE-like optical spectra.
 
-This part prepares the E-MILES SSP templates: read the grid, match the MUSE LSF, rebin to the
-paper's 4749.37-7100.49 A grid, mask Table 2's emission/sky regions, attenuate with O'Donnell 1994.
+Modules, in the order the workflow uses them:
+templates / spectra / template_table (E-MILES -> MUSE LSF -> paper grid), trainset (Table 1 recipe),
+model / training (GalProTE), mock_cube / cube (IFU cubes -> Voronoi bins), maps (FITS maps),
+ppxf_fit (the pPXF baseline), compare and bench (metrics, figures, speed), steps (workflow steps).
 """
 
 from .spectra import (
