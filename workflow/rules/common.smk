@@ -30,7 +30,6 @@ wildcard_constraints:
 
 
 SOURCES = config["sources"]
-SCRIPTS = Path(workflow.basedir) / "scripts"
 
 
 def with_prov(path):
