@@ -3,7 +3,6 @@
 
 import os
 import sys
-from pathlib import Path
 
 from specfm import config as specfm_config
 from specfm import seeds as specfm_seeds
