@@ -9,5 +9,6 @@ init_distributed()
 with rule_logging(snakemake.log[0]):
     train_model(snakemake.input[0], snakemake.output[0], snakemake.output[2], train=snakemake.params.train,
                 arch=snakemake.params.arch, seed=snakemake.params.seed, threads=snakemake.threads,
+                gpu=snakemake.resources.gpu,
                 code_files=[__file__])
 cleanup()

@@ -98,7 +98,8 @@ rule galaxies_train:
     benchmark:
         "benchmarks/galaxies/train.tsv"
     params:
-        train=GAL["train"],
+        # only what changes the model: a new runtime or memory request must not retrain it
+        train={k: GAL["train"][k] for k in ("epochs", "patience", "batch_size")},
         arch=GAL["model"],
         seed=derived_seed("galaxies_train"),
     threads: GAL["train"]["threads"]

@@ -93,20 +93,23 @@ def training_set(templates_path: str | Path, out: str | Path, *, size_factor: fl
 
 
 def train_model(trainset_path: str | Path, out: str | Path, metrics_out: str | Path, *, train: dict, arch: dict,
-                seed: int, threads: int, code_files=()) -> None:
-    """Train GalProTE (checkpointed, resumable) and score it on the synthetic test splits."""
+                seed: int, threads: int, gpu: int, code_files=()) -> None:
+    """Train GalProTE (checkpointed, resumable) and score it on the synthetic test splits.
+
+    ``gpu`` is the number granted to the job (0 = CPU); it does not change the model, so it is not
+    a parameter of the product."""
     from specfm.io import write_json_atomic
 
     from .training import load_galprote, synthetic_metrics, train_galprote
 
     summary = train_galprote(trainset_path, out, epochs=train["epochs"], patience=train["patience"],
-                             batch_size=train["batch_size"], gpu=train["gpu"], seed=seed, threads=threads,
+                             batch_size=train["batch_size"], gpu=gpu, seed=seed, threads=threads,
                              log=log, **arch)
     model, _ = load_galprote(out)
     scores = synthetic_metrics(model, trainset_path)
     write_json_atomic(metrics_out, {"training": summary, "synthetic": scores})
     log.info("synthetic scores: %s", scores)
-    params = {"train": {k: train[k] for k in ("epochs", "patience", "batch_size")}, "arch": arch}
+    params = {"train": train, "arch": arch}
     for product in (out, metrics_out):
         provenance.write(product, inputs={"trainset": trainset_path}, params=params, seed=seed, code=MODEL_CODE,
                          code_files=code_files, step="galaxies_train")
