@@ -67,8 +67,8 @@ def validation_set(features, max_rows: int, seed: int) -> TensorDataset:
         raise ValueError(f"{features}: the validation split is empty")
     if len(val) > max_rows:
         val = val.iloc[np.sort(np.random.default_rng(seed).choice(len(val), max_rows, replace=False))]
-    return TensorDataset(torch.from_numpy(val[C.FEATURES].to_numpy(np.float32)),
-                         torch.from_numpy(val[C.LABELS].to_numpy(np.float32)))
+    return TensorDataset(torch.from_numpy(val[C.FEATURES].to_numpy(np.float32, copy=True)),
+                         torch.from_numpy(val[C.LABELS].to_numpy(np.float32, copy=True)))
 
 
 def make_loss(stage: str, policy: MaskingPolicy):

@@ -1,0 +1,217 @@
+"""stars: feature tables, the Parquet stream, the MSA model and losses, the ensemble, a tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from stars_fakes import fake_raw
+
+from specfm.stars import columns as C
+from specfm.stars.evaluate import joined_test, metrics, scores
+from specfm.stars.features import Reservoir, build_features, split_of
+from specfm.stars.model import MaskedStellarAutoencoder, MSAConfig, pinball_loss
+from specfm.stars.predict import combine, predict_catalogue, read_predictions
+from specfm.stars.training import masking_policy, train_stage
+from specfm.train import ParquetBatchStream, tensors_from_columns
+
+TINY_ARCH = dict(d_embedding=4, n_frequencies=4, frequency_scale=0.1, widths=[32, 32, 16, 16],
+                 latent=8, dropout=0.0, head_width=16, head_layers=3)
+TINY_TRAIN = dict(epochs=2, patience=2, batch_size=128, lr=2e-3, weight_decay=1e-4, p_xp=0.9,
+                  p_other=0.6, buffer_rows=1024, val_rows=500)
+
+
+def chunks_of(df, size):
+    return [(f"chunk{i}", df.iloc[i:i + size]) for i in range(0, len(df), size)]
+
+
+@pytest.fixture(scope="module")
+def feature_table(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stars")
+    raw = fake_raw(3000, seed=1)
+    counts = build_features(chunks_of(raw, 700), d / "f.parquet", d / "scaling.json", seed=3,
+                            reservoir=10**6)
+    return d, raw, counts
+
+
+def test_features_convert_sentinels_scale_xp_and_account_for_rows(feature_table):
+    d, raw, counts = feature_table
+    table = pd.read_parquet(d / "f.parquet")
+    assert counts["rows_in"] == counts["rows_out"] == len(raw) == len(table)
+    sentinel = raw["tmass_j"] == -9999.0
+    assert sentinel.any() and table.loc[sentinel.to_numpy(), "tmass_j"].isna().all()
+    assert not table.loc[~sentinel.to_numpy(), "tmass_j"].isna().any()
+    # XP divided by the G-band flux in e-/s (DR3 zero point 25.6874)
+    row = raw.dropna(subset=["bp_0"]).iloc[0]
+    got = table.set_index("source_id").loc[row["source_id"], "bp_3"]
+    assert got == pytest.approx(row["bp_3"] / 10 ** (-0.4 * (row["phot_g_mean_mag"] - 25.6874)), rel=1e-5)
+    assert (table["has_xp"] == raw["bp_0"].notna().to_numpy()).all()
+    assert table["has_skymapper"].sum() == 0 and table["sm_u"].isna().all()  # missing, never zero
+    assert table["age"].isna().all()
+
+
+def test_split_is_a_stable_function_of_source_id():
+    ids = np.arange(1, 20001, dtype=np.int64) * 1_000_003
+    s = split_of(ids)
+    assert (split_of(ids[::-1])[::-1] == s).all()
+    frac = {k: np.mean(s == k) for k in ("train", "val", "test")}
+    assert abs(frac["train"] - 0.8) < 0.015 and abs(frac["val"] - 0.1) < 0.01
+    assert split_of(np.array([ids[5]]))[0] == s[5]
+
+
+def test_duplicates_across_chunks_and_missing_ids_are_dropped_and_counted(tmp_path):
+    raw = fake_raw(300, seed=2)
+    dup = raw.iloc[:20].copy()
+    bad = raw.iloc[20:25].copy()
+    bad["source_id"] = np.nan
+    chunks = [("a", raw), ("b", pd.concat([dup, bad]))]
+    counts = build_features(chunks, tmp_path / "f.parquet", tmp_path / "s.json", seed=0, reservoir=1000)
+    assert counts["dropped_duplicate_source_id"] == 20 and counts["dropped_no_source_id"] == 5
+    assert counts["rows_out"] == 300 == pq.read_metadata(tmp_path / "f.parquet").num_rows
+
+
+def test_scaling_statistics_come_from_the_training_split(feature_table):
+    d, raw, _ = feature_table
+    stats = json.loads((d / "scaling.json").read_text())["columns"]
+    table = pd.read_parquet(d / "f.parquet")
+    train = table.loc[table["split"] == "train", "teff"].to_numpy(np.float64)
+    q25, q50, q75 = np.quantile(train, [0.25, 0.5, 0.75])
+    assert stats["teff"]["median"] == pytest.approx(q50) and stats["teff"]["iqr"] == pytest.approx(q75 - q25)
+    assert stats["teff"]["n"] == len(train)
+    assert stats["age"]["n"] == 0  # no ages: the label counts as untrained downstream
+
+
+def test_reservoir_estimates_quantiles_from_a_bounded_sample():
+    rng = np.random.default_rng(0)
+    res = Reservoir(["x"], size=5000, seed=1)
+    values = rng.normal(3.0, 2.0, 200_000)
+    for i in range(0, values.size, 10_000):
+        res.add(pd.DataFrame({"x": values[i:i + 10_000]}))
+    assert res.values["x"].size == 5000 and res.seen["x"] == values.size
+    st = res.statistics()["x"]
+    assert st["median"] == pytest.approx(3.0, abs=0.1)
+    assert st["iqr"] == pytest.approx(2.0 * 1.349, rel=0.05)
+    # the sample must be spread over the whole stream, not the first 5000 values
+    res2 = Reservoir(["x"], size=1000, seed=1)
+    for i in range(10):
+        res2.add(pd.DataFrame({"x": np.full(1000, float(i))}))
+    assert res2.values["x"].mean() > 3.5
+
+
+def test_stream_visits_each_training_row_once_per_epoch_and_resumes_exactly(feature_table):
+    d, _, _ = feature_table
+    stream = ParquetBatchStream([d / "f.parquet"], tensors_from_columns([["teff"], ["logg"]]),
+                                columns=["teff", "logg", "split"], where=("split", "train"),
+                                buffer_rows=600, seed=5)
+    table = pd.read_parquet(d / "f.parquet")
+    n_train = int((table["split"] == "train").sum())
+    assert len(stream) == n_train
+    e0 = [b[0] for b in stream.batches(0, 100)]
+    assert len(e0) == stream.steps_per_epoch(100)
+    seen = torch.cat(e0).numpy().ravel()
+    assert np.allclose(np.sort(seen), np.sort(table.loc[table["split"] == "train", "teff"].to_numpy()))
+    again = torch.cat([b[0] for b in stream.batches(0, 100)]).numpy().ravel()
+    assert (again == seen).all()
+    e1 = torch.cat([b[0] for b in stream.batches(1, 100)]).numpy().ravel()
+    assert not (e1 == seen).all()
+    resumed = [b[0] for b in stream.batches(0, 100, skip=7)]
+    assert len(resumed) == len(e0) - 7 and all((a == b).all() for a, b in zip(resumed, e0[7:]))
+    # the buffer shuffles across row groups: the first batch mixes rows of several chunks
+    first_rows = set(e0[0].numpy().ravel().tolist())
+    groups = [set(pq.ParquetFile(d / "f.parquet").read_row_group(g, columns=["teff"]).column(0)
+                  .to_numpy().tolist()) for g in range(2)]
+    assert first_rows - groups[0] and first_rows - groups[1]
+
+
+def tiny_model():
+    f, n = len(C.FEATURES), len(C.LABELS)
+    cfg = MSAConfig(n_features=f, n_labels=n, **{**TINY_ARCH, "widths": tuple(TINY_ARCH["widths"])})
+    return MaskedStellarAutoencoder(cfg, np.zeros(f), np.ones(f), np.zeros(n), np.ones(n)).eval()
+
+
+def test_model_shapes_ordered_quantiles_and_hidden_values_have_no_influence():
+    torch.manual_seed(0)
+    model = tiny_model()
+    x = torch.randn(5, len(C.FEATURES))
+    x[0, :10] = float("nan")
+    z, observed = model.scale_features(x)
+    assert not observed[0, :10].any() and (z[0, :10] == 0).all()
+    recon, q = model(z, observed)
+    assert recon.shape == (5, len(C.FEATURES)) and q.shape == (5, len(C.LABELS), 3)
+    assert (q[..., 0] <= q[..., 1]).all() and (q[..., 1] <= q[..., 2]).all()
+    hidden = observed.clone()
+    hidden[:, 3] = False
+    z2 = z.clone()
+    z2[:, 3] = 123.0  # a hidden value must not leak into the output
+    assert torch.allclose(model(z, hidden)[1], model(z2, hidden)[1])
+    assert not torch.allclose(model(z, observed)[1], model(z2, observed)[1])
+
+
+def test_masking_policy_hides_xp_as_a_group_and_never_core_features():
+    torch.manual_seed(1)
+    policy = masking_policy(0.9, 0.6)
+    observed = torch.ones(4000, len(C.FEATURES), dtype=torch.bool)
+    visible = policy.sample(observed)
+    idx = {c: i for i, c in enumerate(C.FEATURES)}
+    xp = visible[:, [idx[c] for c in C.XP]]
+    assert ((xp.all(1)) | (~xp.any(1))).all()  # all or nothing per star
+    assert (~xp.any(1)).float().mean() == pytest.approx(0.9, abs=0.02)
+    assert visible[:, [idx[c] for c in C.CORE_FEATURES]].all()
+    assert (~visible[:, idx["tmass_j"]]).float().mean() == pytest.approx(0.6, abs=0.03)
+    missing = observed.clone()
+    missing[:, idx["w1"]] = False
+    assert not policy.sample(missing)[:, idx["w1"]].any()  # never shows what is not there
+
+
+def test_pinball_loss_by_hand_and_missing_labels_ignored():
+    q = torch.tensor([[[0.0, 1.0, 2.0]]])
+    y = torch.tensor([[3.0]])
+    # residual y - q = (3, 2, 1); tau (0.16, 0.5, 0.84): losses 0.48, 1.0, 0.84 -> mean 0.7733
+    assert pinball_loss(q, y).item() == pytest.approx((0.48 + 1.0 + 0.84) / 3)
+    q2 = torch.cat([q, torch.full((1, 1, 3), 100.0)])
+    y2 = torch.tensor([[3.0], [float("nan")]])
+    assert pinball_loss(q2, y2).item() == pytest.approx(pinball_loss(q, y).item())
+
+
+def test_ensemble_combination_by_hand():
+    qs = np.array([[[[9.0, 10.0, 12.0]]], [[[11.0, 12.0, 14.0]]]])  # 2 members, 1 star, 1 label
+    c = combine(qs)
+    assert c["p50"][0, 0] == 11.0 and c["ens_std"][0, 0] == 1.0
+    assert c["p16"][0, 0] == pytest.approx(11 - np.sqrt(1 + 1))
+    assert c["p84"][0, 0] == pytest.approx(11 + np.sqrt(4 + 1))
+
+
+def test_scores_by_hand():
+    s = scores(np.array([1.0, 2.0, 4.0]), np.array([1.0, 1.0, 1.0]), np.ones(3), np.zeros(3))
+    assert s["n"] == 3 and s["mae"] == pytest.approx(4 / 3) and s["bias"] == pytest.approx(4 / 3)
+    assert s["rmse"] == pytest.approx(np.sqrt(10 / 3)) and s["r2"] is None
+    assert s["zscore_std"] == pytest.approx(np.std([0.0, 1.0, 3.0]))
+    assert scores(np.array([np.nan]), np.array([1.0]), np.ones(1), np.ones(1)) == {"n": 0}
+
+
+def test_tiny_run_learns_teff_uses_xp_and_reports_absent_labels(feature_table, tmp_path):
+    d, _, _ = feature_table
+    pre = tmp_path / "pre.pt"
+    train_stage("pretrain", d / "f.parquet", d / "scaling.json", pre, arch=TINY_ARCH,
+                train=TINY_TRAIN, seed=1, progress=False)
+    members = []
+    for m in range(2):
+        members.append(tmp_path / f"m{m}.pt")
+        train_stage("finetune", d / "f.parquet", d / "scaling.json", members[-1], arch=TINY_ARCH,
+                    train={**TINY_TRAIN, "epochs": 4, "p_xp": 0.5}, seed=10 + m, init=pre, progress=False)
+    predict_catalogue(d / "f.parquet", members, tmp_path / "pred.parquet")
+    pred = read_predictions(tmp_path / "pred.parquet")
+    assert len(pred) == 3000 and pred["source_id"].is_unique
+    assert (pred["teff_p16"] <= pred["teff_p50"]).all() and (pred["teff_p50"] <= pred["teff_p84"]).all()
+    assert pred["age_p50"].isna().all()  # no age labels: no invented ages
+    test = joined_test(pred, d / "f.parquet")
+    result = metrics(test)
+    teff_std = test["true_teff"].std()
+    assert result["with_xp"]["teff"]["mae"] < 0.5 * teff_std  # far better than a constant
+    # logg is encoded in the fake XP only: hiding XP must hurt it
+    assert result["without_xp"]["logg"]["mae"] > 1.2 * result["with_xp"]["logg"]["mae"]
+    assert result["with_xp"]["age"] == {"n": 0, "note": "no predictions: the sample has no training labels"}
