@@ -11,7 +11,7 @@ def stars_targets():
         f"results/stars/{sample}_{product}"
         for sample in STARS["build"]
         for product in ("predictions.parquet", "metrics.json")
-    ]
+    ] + [f"results/bench/stars_{b}_{sample}.json" for sample in STARS["build"] for b in ("features", "train")]
 
 
 def stars_sample_input(wildcards):
@@ -120,6 +120,29 @@ rule stars_predict:
         runtime=60,
     script:
         "../../scripts/stars_predict.py"
+
+
+rule stars_bench:
+    """Benchmarks: feature-build memory and throughput at 10^5 and 10^6 replicated rows, and
+    pretraining rows/s from the Parquet stream (also: python -m specfm.stars.bench)."""
+    input:
+        features="results/interim/stars/{sample}_features.parquet",
+        scaling="results/interim/stars/{sample}_scaling.json",
+    output:
+        features="results/bench/stars_features_{sample}.json",
+        train="results/bench/stars_train_{sample}.json",
+    log:
+        "logs/stars/{sample}_bench.log",
+    params:
+        rows=[100_000, 1_000_000],
+        arch=STARS["model"],
+        train=STARS["pretrain"],
+    threads: STARS["train"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../../scripts/stars_bench.py"
 
 
 rule stars_metrics:

@@ -1,0 +1,163 @@
+"""Benchmarks of the stars stage (not tests): feature-build memory/throughput and training speed.
+
+    python -m specfm.stars.bench features --rows 100000 1000000   # -> results/bench/stars_features.json
+    python -m specfm.stars.bench train --features F --scaling S    # -> results/bench/stars_train.json
+
+The feature benchmark replicates one template chunk of raw rows (fresh source_ids, so nothing is
+a duplicate) into N rows and builds the table in a child process per size, recording the child's
+peak RSS: flat memory means the build streams. The template is the real library's first chunk
+when `--raw` names a raw Parquet file, else random values in the contract's columns (labelled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from specfm.io import write_json_atomic
+
+from . import columns as C
+
+
+def random_raw(n: int, seed: int = 0) -> pd.DataFrame:
+    """Random values in every contract column: throughput only, no science."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(rng.normal(15, 1, (n, len(C.RAW_COLUMNS) + len(C.LABELS) + len(C.LABEL_ERRORS))),
+                      columns=C.RAW_COLUMNS + C.LABELS + C.LABEL_ERRORS)
+    df["source_id"] = np.arange(1, n + 1, dtype=np.int64) * 34359738368 * 3
+    df["healpix"] = C.healpix_from_source_id(df["source_id"].to_numpy(), 5)
+    return df
+
+
+def replicated_chunks(template: pd.DataFrame, n_rows: int, chunk_rows: int):
+    """Chunks of `template` repeated to n_rows, with unique source_ids (offset per copy)."""
+    done, copy = 0, 0
+    span = int(template["source_id"].max()) + 1
+    while done < n_rows:
+        for start in range(0, len(template), chunk_rows):
+            part = template.iloc[start:start + min(chunk_rows, n_rows - done)].copy()
+            part["source_id"] = part["source_id"].astype(np.int64) + copy * span
+            yield f"copy{copy}:{start}", part
+            done += len(part)
+            if done >= n_rows:
+                return
+        copy += 1
+
+
+def _features_child(template_path, n_rows, chunk_rows, queue):
+    from .features import build_features
+
+    template = pd.read_parquet(template_path)
+    with tempfile.TemporaryDirectory() as d:
+        start = time.perf_counter()
+        counts = build_features(replicated_chunks(template, n_rows, chunk_rows), Path(d) / "f.parquet",
+                                Path(d) / "s.json", reservoir=100_000)
+        seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    queue.put({"rows": counts["rows_out"], "seconds": round(seconds, 2),
+               "rows_per_second": round(counts["rows_out"] / seconds, 1), "peak_rss_mb": round(peak_mb, 1)})
+
+
+def bench_features(rows: list[int], out, *, raw: str | None = None, chunk_rows: int = 8192) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        template_path = Path(d) / "template.parquet"
+        if raw:
+            template = pd.read_parquet(raw).head(chunk_rows)
+            source = f"first {len(template)} rows of {raw}"
+        else:
+            template = random_raw(chunk_rows)
+            source = "random values in the contract's columns (synthetic)"
+        template.to_parquet(template_path)
+        runs = []
+        ctx = mp.get_context("spawn")  # a fresh interpreter per size: peak RSS is that size's own
+        for n in rows:
+            q = ctx.Queue()
+            p = ctx.Process(target=_features_child, args=(str(template_path), n, chunk_rows, q))
+            p.start()
+            runs.append(q.get())
+            p.join()
+    result = {"benchmark": "stars feature build (streamed)", "template": source,
+              "chunk_rows": chunk_rows, "runs": runs, "machine": _machine()}
+    write_json_atomic(out, result)
+    return result
+
+
+def bench_train(features, scaling, out, *, arch: dict, train: dict, seconds: float = 60.0) -> dict:
+    """Pretraining steps from the Parquet stream for about `seconds`: rows per second (CPU here)."""
+    from specfm.train import ParquetBatchStream, tensors_from_columns
+
+    from .training import build_model, make_loss, masking_policy
+    from .features import load_scaling
+
+    torch.manual_seed(0)
+    model = build_model(arch, load_scaling(scaling)).train()
+    stream = ParquetBatchStream([features], tensors_from_columns([C.FEATURES, C.LABELS]),
+                                columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
+                                buffer_rows=train["buffer_rows"], seed=0)
+    loss_fn = make_loss("pretrain", masking_policy(train["p_xp"], train["p_other"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=train["lr"])
+    rows, steps, start, epoch = 0, 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        for batch in stream.batches(epoch, train["batch_size"]):
+            loss = loss_fn(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rows, steps = rows + batch[0].shape[0], steps + 1
+            if time.perf_counter() - start >= seconds:
+                break
+        epoch += 1
+    elapsed = time.perf_counter() - start
+    n_params = sum(p.numel() for p in model.parameters())
+    result = {"benchmark": "stars pretraining from the Parquet stream", "device": "cpu",
+              "threads": torch.get_num_threads(), "arch": arch, "batch_size": train["batch_size"],
+              "n_params": n_params, "steps": steps, "rows": rows, "seconds": round(elapsed, 2),
+              "rows_per_second": round(rows / elapsed, 1), "machine": _machine()}
+    write_json_atomic(out, result)
+    return result
+
+
+def _machine() -> dict:
+    import os
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m specfm.stars.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    f = sub.add_parser("features")
+    f.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    f.add_argument("--raw", help="raw Parquet file whose first chunk is replicated")
+    f.add_argument("--out", default="results/bench/stars_features.json")
+    t = sub.add_parser("train")
+    t.add_argument("--features", required=True)
+    t.add_argument("--scaling", required=True)
+    t.add_argument("--config", default="config/config.yaml")
+    t.add_argument("--seconds", type=float, default=60.0)
+    t.add_argument("--out", default="results/bench/stars_train.json")
+    args = ap.parse_args(argv)
+    if args.what == "features":
+        res = bench_features(args.rows, args.out, raw=args.raw)
+    else:
+        from specfm.config import load
+
+        cfg = load(args.config)["stars"]
+        res = bench_train(args.features, args.scaling, args.out, arch=cfg["model"], train=cfg["pretrain"],
+                          seconds=args.seconds)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
