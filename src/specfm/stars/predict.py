@@ -22,6 +22,7 @@ import torch
 from specfm.io import atomic_path
 
 from . import columns as C
+from .features import feature_files
 from .training import load_msa
 
 log = logging.getLogger("specfm.stars")
@@ -61,7 +62,7 @@ def trained_labels(meta: dict) -> np.ndarray:
 
 
 def predict_catalogue(features, member_paths, out, *, batch: int = 8192) -> dict:
-    """Stream the feature table row group by row group through every member; write `out`."""
+    """Stream the feature partitions row group by row group through every member; write `out`."""
     members = [load_msa(p) for p in member_paths]
     if not members:
         raise ValueError("no ensemble members given")
@@ -70,14 +71,15 @@ def predict_catalogue(features, member_paths, out, *, batch: int = 8192) -> dict
     hide_xp = [idx[c] for c in C.XP]
     hide_plx = [idx["parallax"]]
     plx = C.LABELS.index("parallax_label")
-    pf = pq.ParquetFile(features)
     n_rows, writer = 0, None
+    groups = [(pq.ParquetFile(p), g) for p in feature_files(features)
+              for g in range(pq.ParquetFile(p).num_row_groups)]
     with atomic_path(out) as tmp:
         try:
-            for g in range(pf.num_row_groups):
+            for pf, g in groups:
                 frame = pf.read_row_group(g, columns=["source_id", "ra", "dec", "split", *C.FEATURES,
                                                       "has_xp"]).to_pandas()
-                x = frame[C.FEATURES].to_numpy(np.float32)
+                x = frame[C.FEATURES].to_numpy(np.float32, copy=True)
                 cat = frame[["source_id", "ra", "dec", "split"]].copy()
                 flags = np.where(frame["has_xp"], 0, FLAG_NO_XP) \
                     | np.where(np.isfinite(frame["parallax"]), 0, FLAG_NO_PARALLAX)

@@ -23,6 +23,10 @@ PREDICT_CODE = [*MODEL_CODE, "specfm.stars.predict"]
 EVAL_CODE = [*PREDICT_CODE, "specfm.stars.evaluate"]
 
 
+def _named(prefix: str, paths) -> dict:
+    return {f"{prefix}{i}": str(p) for i, p in enumerate([paths] if isinstance(paths, (str, Path)) else paths)}
+
+
 def raw_chunks(kind: str, inputs: list[str], *, healpix_level: int,
                chunk_rows: int) -> Iterator[tuple[str, object]]:
     """(origin, raw DataFrame) chunks of a sample, whatever its kind."""
@@ -40,17 +44,29 @@ def raw_chunks(kind: str, inputs: list[str], *, healpix_level: int,
                 yield f"{path} [row group {g}]", pf.read_row_group(g).to_pandas()
 
 
-def build_features(kind: str, inputs: list[str], table_out, scaling_out, *, healpix_level: int,
-                   chunk_rows: int, seed: int, reservoir: int, code_files=()) -> dict:
-    from .features import build_features as build
+def build_partition(kind: str, inputs: list[str], table_out, reservoir_out, *, healpix_level: int,
+                    chunk_rows: int, seed: int, reservoir: int, code_files=()) -> dict:
+    """One partition's raw rows -> its feature table + training-split reservoir."""
+    from .features import build_partition as build
 
     counts = build(raw_chunks(kind, inputs, healpix_level=healpix_level, chunk_rows=chunk_rows),
-                   table_out, scaling_out, seed=seed, reservoir=reservoir)
-    params = {"kind": kind, "healpix_level": healpix_level, "reservoir": reservoir}
-    for out in (table_out, scaling_out):
-        provenance.write(out, inputs={f"input{i}": p for i, p in enumerate(inputs)}, params=params,
-                         seed=seed, code=FEATURE_CODE, code_files=code_files, step="stars_features")
+                   table_out, reservoir_out, seed=seed, reservoir=reservoir)
+    provenance.write(table_out, inputs={f"input{i}": p for i, p in enumerate(inputs)},
+                     params={"kind": kind, "healpix_level": healpix_level, "reservoir": reservoir},
+                     seed=seed, code=FEATURE_CODE, code_files=code_files, step="stars_features")
     return counts
+
+
+def scaling_statistics(reservoirs: list[str], out, *, reservoir: int, seed: int, code_files=()) -> dict:
+    """All partitions' reservoirs -> the sample's median/IQR scaling statistics."""
+    from .features import merge_scaling
+
+    totals = merge_scaling(reservoirs, out, reservoir=reservoir, seed=seed)
+    log.info("scaling from %d partitions: %s", len(reservoirs), totals)
+    provenance.write(out, inputs={f"reservoir{i}": p for i, p in enumerate(reservoirs)},
+                     params={"reservoir": reservoir}, seed=seed, code=FEATURE_CODE,
+                     code_files=code_files, step="stars_scaling")
+    return totals
 
 
 def train(stage: str, features, scaling, out, *, arch: dict, train: dict, seed: int, init=None,
@@ -59,7 +75,7 @@ def train(stage: str, features, scaling, out, *, arch: dict, train: dict, seed: 
 
     summary = train_stage(stage, features, scaling, out, arch=arch, train=train, seed=seed,
                           init=init, gpu=gpu, threads=threads)
-    inputs = {"features": features, "scaling": scaling, **({"pretrained": init} if init else {})}
+    inputs = {**_named("features", features), "scaling": scaling, **({"pretrained": init} if init else {})}
     provenance.write(out, inputs=inputs, params={"arch": arch, "train": train}, seed=seed,
                      code=MODEL_CODE, code_files=code_files, step=f"stars_{stage}")
     return summary
@@ -69,7 +85,7 @@ def predict(features, members: list[str], out, *, code_files=()) -> dict:
     from .predict import predict_catalogue
 
     info = predict_catalogue(features, members, out)
-    provenance.write(out, inputs={"features": features, **{f"member{i}": m for i, m in enumerate(members)}},
+    provenance.write(out, inputs={**_named("features", features), **_named("member", members)},
                      code=PREDICT_CODE, code_files=code_files, step="stars_predict")
     return info
 
@@ -88,7 +104,7 @@ def evaluate(predictions, features, members: list[str], metrics_out, figures: di
                                            "rows_per_second", "seconds")} for m in members}}
     write_json_atomic(metrics_out, result)
     write_figures(test, members[0], features, figures)
-    inputs = {"predictions": predictions, "features": features}
+    inputs = {"predictions": predictions, **_named("features", features)}
     for out in (metrics_out, *figures.values()):
         provenance.write(out, inputs=inputs, code=EVAL_CODE, code_files=code_files,
                          step="stars_metrics")

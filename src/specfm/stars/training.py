@@ -20,7 +20,7 @@ from specfm.train import (ParquetBatchStream, checkpoint_dir_for, choose_device,
                           save_final, tensors_from_columns, unwrap)
 
 from . import columns as C
-from .features import load_scaling, read_split
+from .features import feature_files, load_scaling, read_split
 from .model import (MaskedStellarAutoencoder, MaskingPolicy, MSAConfig, pinball_loss,
                     reconstruction_loss)
 
@@ -64,7 +64,7 @@ def load_msa(path) -> tuple[MaskedStellarAutoencoder, dict]:
 def validation_set(features, max_rows: int, seed: int) -> TensorDataset:
     val = read_split(features, "val", C.FEATURES + C.LABELS)
     if len(val) == 0:
-        raise ValueError(f"{features}: the validation split is empty")
+        raise ValueError(f"{feature_files(features)}: the validation split is empty")
     if len(val) > max_rows:
         val = val.iloc[np.sort(np.random.default_rng(seed).choice(len(val), max_rows, replace=False))]
     return TensorDataset(torch.from_numpy(val[C.FEATURES].to_numpy(np.float32, copy=True)),
@@ -111,7 +111,7 @@ def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: d
             raise ValueError(f"{init}: pretrained with {meta['arch']}, fine-tuning asks for {arch}")
         model.load_state_dict(state)
     device = choose_device(gpu)
-    stream = ParquetBatchStream([features], tensors_from_columns([C.FEATURES, C.LABELS]),
+    stream = ParquetBatchStream(feature_files(features), tensors_from_columns([C.FEATURES, C.LABELS]),
                                 columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
                                 buffer_rows=train["buffer_rows"], seed=seed)
     val = validation_set(features, train["val_rows"], seed)
