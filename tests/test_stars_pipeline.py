@@ -215,3 +215,17 @@ def test_tiny_run_learns_teff_uses_xp_and_reports_absent_labels(feature_table, t
     # logg is encoded in the fake XP only: hiding XP must hurt it
     assert result["without_xp"]["logg"]["mae"] > 1.2 * result["with_xp"]["logg"]["mae"]
     assert result["with_xp"]["age"] == {"n": 0, "note": "no predictions: the sample has no training labels"}
+
+
+def test_seen_ids_finds_every_earlier_id_and_nothing_else():
+    from specfm.stars.features import SeenIds
+
+    rng = np.random.default_rng(3)
+    seen, truth = SeenIds(), set()
+    for _ in range(40):
+        ids = rng.integers(0, 10**6, 500)
+        expect = np.array([i in truth for i in ids.tolist()])
+        assert (seen.contains(ids) == expect).all()
+        seen.add(np.unique(ids[~expect]))  # as build_partition does: only new ids
+        truth.update(ids.tolist())
+    assert len(seen) == len(truth) and len(seen.runs) <= 7  # O(log n) sorted runs
