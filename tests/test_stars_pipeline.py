@@ -229,3 +229,44 @@ def test_seen_ids_finds_every_earlier_id_and_nothing_else():
         seen.add(np.unique(ids[~expect]))  # as build_partition does: only new ids
         truth.update(ids.tolist())
     assert len(seen) == len(truth) and len(seen.runs) <= 7  # O(log n) sorted runs
+
+
+def test_training_from_the_stream_resumes_exactly_after_sigterm(feature_table, tmp_path):
+    """A SIGTERM mid-epoch checkpoints; the rerun skips the batches done and ends bit-identical."""
+    import os
+    import signal
+
+    from specfm.train import Preempted, fit
+    from specfm.stars.features import load_scaling
+    from specfm.stars.training import build_model, make_loss, validation_set
+
+    d, _, _ = feature_table
+    train = {**TINY_TRAIN, "epochs": 2}
+
+    def run(ckdir, kill_at=None):
+        torch.manual_seed(0)
+        model = build_model(TINY_ARCH, load_scaling(d / "scaling.json"))
+        stream = ParquetBatchStream([d / "f.parquet"], tensors_from_columns([C.FEATURES, C.LABELS]),
+                                    columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
+                                    buffer_rows=train["buffer_rows"], seed=4)
+        base = make_loss("finetune", masking_policy(0.9, 0.6))
+        calls = {"n": 0}
+
+        def loss_fn(m, batch):
+            calls["n"] += 1
+            if m.training and calls["n"] == kill_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return base(m, batch)
+
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        fit(model, loss_fn, stream, validation_set(d / "f.parquet", 300, 4), optimizer=opt,
+            max_epochs=2, patience=None, checkpoint_dir=ckdir, seed=4, batch_size=128, device="cpu",
+            progress=False)
+        return model
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(Preempted):
+        run(tmp_path / "b", kill_at=27)  # epoch 1 (19 steps per epoch), mid-epoch
+    resumed = run(tmp_path / "b")
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from specfm.train import (ParquetBatchStream, checkpoint_dir_for, choose_device, fit, load_final,
-                          save_final, tensors_from_columns, unwrap)
+                          save_final, seed_everything, tensors_from_columns, unwrap)
 
 from . import columns as C
 from .features import feature_files, load_scaling, read_split
@@ -104,6 +104,7 @@ def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: d
     if threads:
         torch.set_num_threads(threads)
     scaling = load_scaling(scaling_path)
+    seed_everything(seed)  # the initial weights are part of the run: seed before building
     model = build_model(arch, scaling)
     if init is not None:
         state, meta = load_final(init)
