@@ -118,7 +118,7 @@ def test_unreachable_source_fails_at_the_fetch_with_one_clear_line(tmp_path):
         "fetch": {"retries": 1, "backoff": 0.01, "timeout": 2},
         "sources": {"phangs_ngc4254_cube": {"urls": ["http://127.0.0.1:9/NGC4254.fits"]}},
     }))
-    target = "resources/archives/phangs_ngc4254_cube/NGC4254_DATACUBE_FINAL_WCS_Pall_mad.fits"
+    target = "resources/archives/phangs_ngc4254_cube/NGC4254_PHANGS_DATACUBE_native.fits"
     proc = snakemake(wf, target, "--configfile", "config/config.yaml", "config/dead.yaml")
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr

@@ -11,6 +11,10 @@ def galaxies_targets():
             f"results/{galaxy}_ppxf_maps.fits",
             f"results/galaxies/{galaxy}_metrics.json",
         ]
+    out += [f"results/galaxies/figures/synthetic_{split}_{kind}.png" for split in SYNTHETIC_SPLITS
+            for kind in SYNTHETIC_KINDS]
+    if GAL["ablation"]["attention"]:
+        out.append(ABLATION_JSON)
     return out + ["results/bench/galaxies_speed.json"]
 
 
@@ -29,6 +33,9 @@ def galaxy_cube(wildcards):
 TRAINING_TEMPLATES = f"results/interim/galaxies/templates_{GAL['template_set']}.h5"
 GALPROTE_MODEL = f"results/models/galaxies/galprote_{GAL['template_set']}.pt"
 TRAINING_SET = f"results/interim/galaxies/trainset_{GAL['template_set']}.h5"
+SYNTHETIC_SPLITS = ("test", "test_unseen")
+SYNTHETIC_KINDS = ("logage", "mh", "av", "mse", "residuals")  # specfm.galaxies.figures.KINDS
+ABLATION_JSON = "results/galaxies/ablation.json"
 
 
 rule galaxies_templates:
@@ -93,6 +100,7 @@ rule galaxies_train:
     output:
         with_prov(GALPROTE_MODEL),
         with_prov("results/galaxies/synthetic_metrics.json"),
+        with_prov("results/galaxies/synthetic_predictions.h5"),
     log:
         "logs/galaxies/train.log",
     benchmark:
@@ -102,6 +110,7 @@ rule galaxies_train:
         train={k: GAL["train"][k] for k in ("epochs", "patience", "batch_size")},
         arch=GAL["model"],
         seed=derived_seed("galaxies_train"),
+        see_also={"ablation": ABLATION_JSON} if GAL["ablation"]["attention"] else {},
     threads: GAL["train"]["threads"]
     resources:
         gpu=train_resources("galaxies", "gpu"),
@@ -109,6 +118,88 @@ rule galaxies_train:
         runtime=train_resources("galaxies", "runtime"),
     script:
         "../../scripts/galaxies_train.py"
+
+
+def synthetic_figure(kind):
+    return report(f"results/galaxies/figures/synthetic_{{split}}_{kind}.png",
+                  caption=f"../report/galaxies_synthetic_{kind}.rst", category="galaxies",
+                  subcategory="synthetic evaluation")
+
+
+rule galaxies_synthetic_figures:
+    """The paper's Figures 8-12 on one synthetic test split, from the predictions training kept."""
+    input:
+        "results/galaxies/synthetic_predictions.h5",
+    output:
+        logage=synthetic_figure("logage"),
+        mh=synthetic_figure("mh"),
+        av=synthetic_figure("av"),
+        mse=synthetic_figure("mse"),
+        residuals=synthetic_figure("residuals"),
+        records=[f"results/galaxies/figures/synthetic_{{split}}_{kind}.png.prov.json" for kind in SYNTHETIC_KINDS],
+    log:
+        "logs/galaxies/synthetic_figures_{split}.log",
+    wildcard_constraints:
+        split="|".join(SYNTHETIC_SPLITS),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/galaxies_synthetic_figures.py"
+
+
+def ablation_train(wildcards):
+    """The main model's training settings with the ablation's epoch budget."""
+    return {**{k: GAL["train"][k] for k in ("patience", "batch_size")}, "epochs": GAL["ablation"]["epochs"]}
+
+
+def ablation_arch(wildcards):
+    return {**GAL["model"], "attention": wildcards.attention}
+
+
+rule galaxies_ablation_train:
+    """One attention variant of GalProTE: the main model's training set, seed and settings but the
+    block's attention context (the wildcard) and the ablation's epoch budget."""
+    input:
+        TRAINING_SET,
+    output:
+        with_prov(f"results/models/galaxies/ablation/galprote_{GAL['template_set']}_{{attention}}.pt"),
+        with_prov("results/galaxies/ablation/{attention}_metrics.json"),
+    log:
+        "logs/galaxies/ablation_{attention}.log",
+    wildcard_constraints:
+        attention="patch|global|none",
+    params:
+        train=ablation_train,
+        arch=ablation_arch,
+        seed=derived_seed("galaxies_train"),  # the main model's seed: only the attention differs
+    threads: GAL["train"]["threads"]
+    resources:
+        gpu=train_resources("galaxies", "gpu"),
+        mem_mb=train_resources("galaxies", "mem_mb"),
+        runtime=train_resources("galaxies", "runtime"),
+    script:
+        "../../scripts/galaxies_train.py"
+
+
+rule galaxies_ablation:
+    """The attention variants side by side (synthetic test metrics, same data, seed and budget)."""
+    input:
+        expand("results/galaxies/ablation/{attention}_metrics.json", attention=GAL["ablation"]["attention"]),
+    output:
+        report(ABLATION_JSON, caption="../report/galaxies_ablation.rst", category="galaxies"),
+        f"{ABLATION_JSON}.prov.json",
+    log:
+        "logs/galaxies/ablation.log",
+    params:
+        variants=GAL["ablation"]["attention"],
+        chosen=GAL["model"]["attention"],
+        budget=ablation_train,
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../../scripts/galaxies_ablation.py"
 
 
 def mock_params(wildcards):
@@ -207,11 +298,20 @@ rule galaxies_ppxf:
         "../../scripts/galaxies_ppxf.py"
 
 
-def galaxy_truth(wildcards):
-    """Truth maps exist for mock galaxies only; real ones are compared model vs pPXF."""
-    if GAL["targets"][wildcards.galaxy]["kind"] == "mock":
+def galaxy_reference(wildcards):
+    """The reference maps: the truth of a mock; the published PHANGS maps of a real galaxy (when
+    its config names a `maps` source); nothing else (model vs pPXF only)."""
+    target = GAL["targets"][wildcards.galaxy]
+    if target["kind"] == "mock":
         return {"truth": f"results/{wildcards.galaxy}_truth.fits"}
+    if target.get("maps"):
+        return {"published": archive_path(target["maps"])}
     return {}
+
+
+def maps_units(wildcards):
+    """BUNIT overrides for a published MAPS file whose extensions lack them ({EXTNAME: unit})."""
+    return dict(GAL["targets"][wildcards.galaxy].get("maps_units", {}))
 
 
 def compare_records():
@@ -221,9 +321,10 @@ def compare_records():
 
 
 rule galaxies_compare:
-    """Model vs pPXF (vs truth for mocks): metrics and the paper's Figures 13-18 style plots."""
+    """Model vs pPXF (vs truth for mocks, vs the published PHANGS maps for real galaxies): metrics
+    and the paper's Figures 13-18 style plots."""
     input:
-        unpack(galaxy_truth),
+        unpack(galaxy_reference),
         model="results/{galaxy}_maps.fits",
         ppxf="results/{galaxy}_ppxf_maps.fits",
         bench="results/bench/galaxies_speed.json",
@@ -239,6 +340,8 @@ rule galaxies_compare:
         records=compare_records(),
     log:
         "logs/galaxies/{galaxy}_compare.log",
+    params:
+        maps_units=maps_units,
     resources:
         mem_mb=4000,
         runtime=10,

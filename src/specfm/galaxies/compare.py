@@ -3,7 +3,9 @@
 GalProTE Sect. 4.3 (Figures 13-18) compares the age, [M/H] and A_V maps of the model with pPXF's: the
 two maps and their difference, and the running difference against the pPXF value; Sect. 5.1 the
 time per spectrum. Here the same, on two maps files of one binning (``maps.read_maps``), optionally
-with the mock's truth per bin (``mock_cube.truth_per_bin``).
+with the mock's truth per bin (``mock_cube.truth_per_bin``) or, for a PHANGS galaxy, the published
+PHANGS pPXF maps put on our bins (``phangs.published_per_bin``): model - published and pPXF -
+published are then reported and drawn as well.
 
 Statistics are per Voronoi bin (each bin is one fit; a bin of 40 spaxels counts once), over the bins
 where both sides are finite: bias = mean of the difference, scatter = its standard deviation
@@ -116,17 +118,22 @@ def _seconds(timing: Mapping | None, name: str) -> float:
     return float("nan")
 
 
-def compare_maps(model_maps: Maps, ppxf_maps: Maps, truth=None, *, timing: Mapping | None = None) -> dict:
+def compare_maps(model_maps: Maps, ppxf_maps: Maps, truth=None, *, timing: Mapping | None = None,
+                 published: Mapping | None = None) -> dict:
     """Metrics of the model and of pPXF (module docstring for the definitions).
 
     ``truth``: ``mock_cube.truth_per_bin(...)`` output ({NAME: [n_bins]}), a ``mock_cube.Truth``, or
     None (real data: the model is compared with pPXF only). ``timing``: seconds per spectrum as
-    ``{"model": s, "ppxf": s}`` or the ``bench.benchmark_speed`` dict.
+    ``{"model": s, "ppxf": s}`` or the ``bench.benchmark_speed`` dict. ``published``: None, or
+    {"values": {Q: [n_bins]} (``phangs.published_per_bin``), plus any descriptive keys (source,
+    extensions, rv, ...)}, or {"available": False, "reason": ...} when the file had none.
 
     Returns {"reference": "truth" | "ppxf", "n_bins", "model": {"vs_truth": {Q: stats} | None,
     "resid_mean", "resid_std", "resid_std_median", "seconds_per_spectrum"}, "ppxf": {same,
-    "n_failed"}, "model_vs_ppxf": {Q: stats of model - pPXF}, "speed_ratio": pPXF s / model s}
-    with stats = diff_stats (bias, scatter, median, rmse, n) for Q in LOGAGE, MH, AV.
+    "n_failed"}, "model_vs_ppxf": {Q: stats of model - pPXF}, "speed_ratio": pPXF s / model s,
+    "published": None | {"available", descriptive keys, "model_vs_published": {Q: stats},
+    "ppxf_vs_published": {Q: stats}}} with stats = diff_stats (bias, scatter, median, rmse, n) for Q
+    in LOGAGE, MH, AV (only the quantities the published file has).
     """
     _check_same_bins(model_maps, ppxf_maps)
     ids, _ = bin_index(model_maps.bin_id)
@@ -145,12 +152,37 @@ def compare_maps(model_maps: Maps, ppxf_maps: Maps, truth=None, *, timing: Mappi
     out["model_vs_ppxf"] = {q: diff_stats(values["model"][q] - values["ppxf"][q]) for q in QUANTITIES}
     s_model, s_ppxf = out["model"]["seconds_per_spectrum"], out["ppxf"]["seconds_per_spectrum"]
     out["speed_ratio"] = float(s_ppxf / s_model) if s_model > 0 else float("nan")
+    out["published"] = _published_block(published, values, n_bins)
     out["definitions"] = {
         "difference": "method - reference per Voronoi bin; bias = mean, scatter = std (ddof 0)",
         "residuals": "data - fit on the fitted pixels, units of the median-normalised spectrum; pooled over bins",
         "speed_ratio": "pPXF seconds per spectrum / model seconds per spectrum",
     }
     return out
+
+
+def _published_values(published, n_bins: int) -> dict:
+    """{Q: [n_bins]} of a ``published`` argument (see compare_maps); {} when there is none."""
+    if not published or "values" not in published:
+        return {}
+    out = {}
+    for q, v in published["values"].items():
+        v = np.asarray(v, dtype=float)
+        if v.shape != (n_bins,):
+            raise ValueError(f"published[{q!r}] has shape {v.shape}; expected ({n_bins},) per-bin values")
+        out[q] = v
+    return out
+
+
+def _published_block(published, values: dict, n_bins: int) -> dict | None:
+    if published is None:
+        return None
+    block = {k: v for k, v in published.items() if k != "values"}
+    block.setdefault("available", "values" in published)
+    pub = _published_values(published, n_bins)
+    for src in ("model", "ppxf"):
+        block[f"{src}_vs_published"] = {q: diff_stats(values[src][q] - pub[q]) for q in QUANTITIES if q in pub}
+    return block
 
 
 # ----------------------------------------------------------------------------------------- figures
@@ -183,20 +215,34 @@ def _truth_images(truth, maps: Maps) -> dict | None:
     return {q: paint(truth[q], maps.bin_id) for q in QUANTITIES if q in truth}
 
 
-def plot_map_panels(model_maps: Maps, ppxf_maps: Maps, path: str | Path, truth=None) -> None:
+def _reference(truth, published, maps: Maps):
+    """(label, {Q: image}) of the reference the panels compare with: the truth, else the published
+    PHANGS maps (painted on our bins), else (None, None)."""
+    if truth is not None:
+        return "truth", _truth_images(truth, maps)
+    ids, _ = bin_index(maps.bin_id)
+    pub = _published_values(published, int(ids.max()) + 1 if ids.size else 0)
+    if pub:
+        return "published", {q: paint(v, maps.bin_id) for q, v in pub.items()}
+    return None, None
+
+
+def plot_map_panels(model_maps: Maps, ppxf_maps: Maps, path: str | Path, truth=None, published=None) -> None:
     """Rows LOGAGE, MH, AV. Columns: pPXF, GalProTE, GalProTE - pPXF; with ``truth`` (per-bin dict or a
-    mock ``Truth``): truth, pPXF, GalProTE, pPXF - truth, GalProTE - truth. RA/Dec axes (WCSAxes),
-    one colour range per row for the values and one symmetric diverging range for the differences.
+    mock ``Truth``) or ``published`` (as for ``compare_maps``) as the reference: reference, pPXF,
+    GalProTE, pPXF - reference, GalProTE - reference (blank where the reference lacks a quantity).
+    RA/Dec axes (WCSAxes), one colour range per row for the values and one symmetric diverging range
+    for the differences.
     """
     from matplotlib.figure import Figure
 
     _check_same_bins(model_maps, ppxf_maps)
     wcs = model_maps.wcs
-    t_img = _truth_images(truth, model_maps)
+    label, t_img = _reference(truth, published, model_maps)
     if t_img is None:
         titles = ["pPXF", MODEL_NAME, f"{MODEL_NAME} - pPXF"]
     else:
-        titles = ["truth", "pPXF", MODEL_NAME, "pPXF - truth", f"{MODEL_NAME} - truth"]
+        titles = [label, "pPXF", MODEL_NAME, f"pPXF - {label}", f"{MODEL_NAME} - {label}"]
     ncol = len(titles)
     fig = Figure(figsize=(3.0 * ncol + 0.6, 8.4), dpi=100, layout="constrained")
     for r, q in enumerate(QUANTITIES):
@@ -205,7 +251,7 @@ def plot_map_panels(model_maps: Maps, ppxf_maps: Maps, path: str | Path, truth=N
         if t_img is None:
             values, diffs = [p_img, m_img], [m_img - p_img]
         else:
-            t = t_img[q]
+            t = t_img.get(q, np.full(p_img.shape, np.nan))
             values, diffs = [t, p_img, m_img], [p_img - t, m_img - t]
         vmin, vmax = _range(*values)
         dmax = _sym(*diffs)
@@ -262,27 +308,29 @@ def running_stats(x, y, n_bins: int = 12, min_count: int = 5):
 
 
 def plot_running_differences(model_maps: Maps, ppxf_maps: Maps, path: str | Path, truth=None, *,
-                             n_bins: int = 12) -> None:
+                             published=None, n_bins: int = 12) -> None:
     """Paper Figures 13b-18b: the difference against the reference value, per bin, with the running
-    median and the 16-84 % band. Without ``truth``: GalProTE - pPXF against pPXF; with it, pPXF - truth
-    and GalProTE - truth against truth.
+    median and the 16-84 % band. Without a reference: GalProTE - pPXF against pPXF; with ``truth`` (or
+    ``published``, as for ``compare_maps``), pPXF - reference and GalProTE - reference against it.
     """
     from matplotlib.figure import Figure
 
     _check_same_bins(model_maps, ppxf_maps)
     ids, _ = bin_index(model_maps.bin_id)
     n = int(ids.max()) + 1 if ids.size else 0
+    pub = _published_values(published, n) if truth is None else {}
+    label = "truth" if truth is not None else "published"
     fig = Figure(figsize=(13, 4.2), dpi=100, layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, q in zip(axes, QUANTITIES):
         p, m = per_bin(ppxf_maps, q), per_bin(model_maps, q)
-        t = _truth_values(truth, q, n, model_maps.bin_id)
+        t = _truth_values(truth, q, n, model_maps.bin_id) if truth is not None else pub.get(q)
         if t is None:
             series = [(f"{MODEL_NAME} - pPXF", p, m - p, "C0")]
             xlabel = f"pPXF {LABELS[q]}"
         else:
-            series = [("pPXF - truth", t, p - t, "C1"), (f"{MODEL_NAME} - truth", t, m - t, "C0")]
-            xlabel = f"true {LABELS[q]}"
+            series = [(f"pPXF - {label}", t, p - t, "C1"), (f"{MODEL_NAME} - {label}", t, m - t, "C0")]
+            xlabel = f"{label} {LABELS[q]}"
         for label, x, d, color in series:
             s = diff_stats(d)
             ax.scatter(x, d, s=4, color=color, alpha=0.35, lw=0,

@@ -93,26 +93,74 @@ def training_set(templates_path: str | Path, out: str | Path, *, size_factor: fl
 
 
 def train_model(trainset_path: str | Path, out: str | Path, metrics_out: str | Path, *, train: dict, arch: dict,
-                seed: int, threads: int, gpu: int, code_files=()) -> None:
+                seed: int, threads: int, gpu: int, predictions_out: str | Path | None = None,
+                see_also: dict | None = None, code_files=()) -> None:
     """Train GalProTE (checkpointed, resumable) and score it on the synthetic test splits.
 
     ``gpu`` is the number granted to the job (0 = CPU); it does not change the model, so it is not
-    a parameter of the product."""
+    a parameter of the product. ``predictions_out``: also keep the per-spectrum predictions the
+    scores come from (HDF5, `training.write_predictions`) for the figures. ``see_also``: related
+    products (name -> path) recorded in the metrics JSON, e.g. the attention ablation."""
     from specfm.io import write_json_atomic
 
-    from .training import load_galprote, synthetic_metrics, train_galprote
+    from .training import load_galprote, metrics_from_predictions, synthetic_predictions, train_galprote, \
+        write_predictions
 
     summary = train_galprote(trainset_path, out, epochs=train["epochs"], patience=train["patience"],
                              batch_size=train["batch_size"], gpu=gpu, seed=seed, threads=threads,
                              log=log, **arch)
-    model, _ = load_galprote(out)
-    scores = synthetic_metrics(model, trainset_path)
-    write_json_atomic(metrics_out, {"training": summary, "synthetic": scores})
+    model, meta = load_galprote(out)
+    predictions = synthetic_predictions(model, trainset_path)
+    scores = metrics_from_predictions(predictions)
+    record = {"training": summary, "model": meta["config"], "synthetic": scores}
+    if see_also:
+        record["see_also"] = dict(see_also)
+    write_json_atomic(metrics_out, record)
     log.info("synthetic scores: %s", scores)
+    products = [out, metrics_out]
+    if predictions_out is not None:
+        write_predictions(predictions_out, predictions, log_age=meta["log_age"], mh=meta["mh"],
+                          av_levels=meta["av_levels"])
+        products.append(predictions_out)
     params = {"train": train, "arch": arch}
-    for product in (out, metrics_out):
+    for product in products:
         provenance.write(product, inputs={"trainset": trainset_path}, params=params, seed=seed, code=MODEL_CODE,
                          code_files=code_files, step="galaxies_train")
+
+
+def synthetic_figures(predictions_path: str | Path, split: str, figures: dict, *, code_files=()) -> None:
+    """The paper's Figures 8-12 for one synthetic split, from the predictions training kept."""
+    from .figures import plot_synthetic
+    from .training import read_predictions
+
+    predictions, axes = read_predictions(predictions_path)
+    if split not in predictions:
+        raise ValueError(f"{predictions_path}: no split {split!r} (has {sorted(predictions)})")
+    plot_synthetic(predictions[split], axes, figures, split=split)
+    log.info("wrote %d synthetic figures of split %s", len(figures), split)
+    for product in figures.values():
+        provenance.write(product, inputs={"predictions": predictions_path}, params={"split": split},
+                         code=[*MODEL_CODE, "specfm.galaxies.figures"], code_files=code_files,
+                         step="galaxies_synthetic_figures")
+
+
+def ablation_summary(variant_metrics: dict, out: str | Path, *, chosen: str, budget: dict,
+                     code_files=()) -> dict:
+    """One JSON comparing the attention variants (name -> metrics JSON of `train_model`), same budget."""
+    import json
+
+    from specfm.io import write_json_atomic
+
+    from .training import ablation_table
+
+    records = {name: json.loads(Path(path).read_text()) for name, path in variant_metrics.items()}
+    summary = ablation_table(records, chosen=chosen, budget=budget)
+    write_json_atomic(out, summary)
+    log.info("attention ablation: %s", summary["table"])
+    provenance.write(out, inputs={f"metrics_{k}": v for k, v in variant_metrics.items()},
+                     params={"chosen": chosen, "budget": budget}, code=MODEL_CODE, code_files=code_files,
+                     step="galaxies_ablation")
+    return summary
 
 
 def model_maps(bins_path: str | Path, model_path: str | Path, templates_path: str | Path, out: str | Path, *,
@@ -163,9 +211,27 @@ def ppxf_maps(bins_path: str | Path, templates_path: str | Path, out: str | Path
                      code_files=code_files, step="galaxies_ppxf")
 
 
+def published_for(maps_path: str | Path, model_maps, *, units: dict | None = None, rv: float | None = None) -> dict:
+    """The published PHANGS maps of ``maps_path`` on ``model_maps``' bins, in ``compare_maps``' form;
+    {"available": False, "reason": ...} (and a warning) when the file has no stellar-population map."""
+    from .phangs import RV_DEFAULT, NoStellarPopulations, published_per_bin, read_published_maps
+
+    rv = RV_DEFAULT if rv is None else rv
+    try:
+        pub = read_published_maps(maps_path, units=units, rv=rv)
+    except NoStellarPopulations as exc:
+        log.warning("%s", exc)
+        return {"available": False, "reason": str(exc), "source": Path(maps_path).name}
+    return {"available": True, "source": Path(maps_path).name, "extensions": pub.extensions, "rv": rv,
+            "per_bin": "mean over the spaxels of each of our bins (nearest published pixel)",
+            "values": published_per_bin(pub, model_maps)}
+
+
 def compare(model_path: str | Path, ppxf_path: str | Path, truth_path: str | Path | None, bench_path: str | Path,
-            metrics_out: str | Path, figures: dict, *, code_files=()) -> None:
-    """Model vs pPXF (and vs truth for a mock): metrics JSON and the map / difference / residual figures."""
+            metrics_out: str | Path, figures: dict, *, published_path: str | Path | None = None,
+            maps_units: dict | None = None, code_files=()) -> None:
+    """Model vs pPXF (and vs truth for a mock, vs the published PHANGS maps for a real galaxy):
+    metrics JSON and the map / difference / residual figures."""
     import json
 
     from specfm.io import write_json_atomic
@@ -179,19 +245,23 @@ def compare(model_path: str | Path, ppxf_path: str | Path, truth_path: str | Pat
         from .mock_cube import read_truth
 
         truth = read_truth(truth_path)
+    published = published_for(published_path, model, units=maps_units) if published_path else None
     timing = json.loads(Path(bench_path).read_text())
-    metrics = compare_maps(model, ppxf, truth, timing=timing)
+    metrics = compare_maps(model, ppxf, truth, timing=timing, published=published)
     write_json_atomic(metrics_out, metrics)
-    plot_map_panels(model, ppxf, figures["panels"], truth=truth)
-    plot_running_differences(model, ppxf, figures["running"], truth=truth)
+    plot_map_panels(model, ppxf, figures["panels"], truth=truth, published=published)
+    plot_running_differences(model, ppxf, figures["running"], truth=truth, published=published)
     plot_residual_histograms(model, ppxf, figures["residuals"])
     log.info("compared %s with %s (reference: %s); speed ratio %.0f", model_path, ppxf_path, metrics["reference"],
              metrics["speed_ratio"])
     inputs = {"model_maps": model_path, "ppxf_maps": ppxf_path, "bench": bench_path}
     if truth_path:
         inputs["truth"] = truth_path
+    if published_path:
+        inputs["published"] = published_path
     for product in (metrics_out, *figures.values()):
-        provenance.write(product, inputs=inputs, code=[*CODE, "specfm.galaxies.compare", "specfm.galaxies.maps"],
+        provenance.write(product, inputs=inputs, params={"maps_units": maps_units or {}},
+                         code=[*CODE, "specfm.galaxies.compare", "specfm.galaxies.maps", "specfm.galaxies.phangs"],
                          code_files=code_files, step="galaxies_compare")
 
 
