@@ -17,7 +17,7 @@ from specfm.stars.features import Reservoir, build_features, split_of
 from specfm.stars.model import MaskedStellarAutoencoder, MSAConfig, pinball_loss
 from specfm.stars.predict import combine, predict_catalogue, read_predictions
 from specfm.stars.training import masking_policy, train_stage
-from specfm.train import ParquetBatchStream, tensors_from_columns
+from specfm.train import ParquetBatchStream, arrays_from_columns
 
 TINY_ARCH = dict(d_embedding=4, n_frequencies=4, frequency_scale=0.1, widths=[32, 32, 16, 16],
                  latent=8, dropout=0.0, head_width=16, head_layers=3)
@@ -104,7 +104,7 @@ def test_reservoir_estimates_quantiles_from_a_bounded_sample():
 
 def test_stream_visits_each_training_row_once_per_epoch_and_resumes_exactly(feature_table):
     d, _, _ = feature_table
-    stream = ParquetBatchStream([d / "f.parquet"], tensors_from_columns([["teff"], ["logg"]]),
+    stream = ParquetBatchStream([d / "f.parquet"], arrays_from_columns([["teff"], ["logg"]]),
                                 columns=["teff", "logg", "split"], where=("split", "train"),
                                 buffer_rows=600, seed=5)
     table = pd.read_parquet(d / "f.parquet")
@@ -246,7 +246,7 @@ def test_training_from_the_stream_resumes_exactly_after_sigterm(feature_table, t
     def run(ckdir, kill_at=None):
         torch.manual_seed(0)
         model = build_model(TINY_ARCH, load_scaling(d / "scaling.json"))
-        stream = ParquetBatchStream([d / "f.parquet"], tensors_from_columns([C.FEATURES, C.LABELS]),
+        stream = ParquetBatchStream([d / "f.parquet"], arrays_from_columns([C.FEATURES, C.LABELS]),
                                     columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
                                     buffer_rows=train["buffer_rows"], seed=4)
         base = make_loss("finetune", masking_policy(0.9, 0.6))

@@ -94,14 +94,14 @@ def bench_features(rows: list[int], out, *, raw: str | None = None, chunk_rows: 
 
 def bench_train(features, scaling, out, *, arch: dict, train: dict, seconds: float = 60.0) -> dict:
     """Pretraining steps from the Parquet stream for about `seconds`: rows per second (CPU here)."""
-    from specfm.train import ParquetBatchStream, tensors_from_columns
+    from specfm.train import ParquetBatchStream, arrays_from_columns
 
     from .training import build_model, make_loss, masking_policy
     from .features import feature_files, load_scaling
 
     torch.manual_seed(0)
     model = build_model(arch, load_scaling(scaling)).train()
-    stream = ParquetBatchStream(feature_files(features), tensors_from_columns([C.FEATURES, C.LABELS]),
+    stream = ParquetBatchStream(feature_files(features), arrays_from_columns([C.FEATURES, C.LABELS]),
                                 columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
                                 buffer_rows=train["buffer_rows"], seed=0)
     loss_fn = make_loss("pretrain", masking_policy(train["p_xp"], train["p_other"]))

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from specfm.train import (ParquetBatchStream, checkpoint_dir_for, choose_device, fit, load_final,
-                          save_final, seed_everything, tensors_from_columns, unwrap)
+                          save_final, seed_everything, arrays_from_columns, unwrap)
 
 from . import columns as C
 from .features import feature_files, load_scaling, read_split
@@ -112,7 +112,7 @@ def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: d
             raise ValueError(f"{init}: pretrained with {meta['arch']}, fine-tuning asks for {arch}")
         model.load_state_dict(state)
     device = choose_device(gpu)
-    stream = ParquetBatchStream(feature_files(features), tensors_from_columns([C.FEATURES, C.LABELS]),
+    stream = ParquetBatchStream(feature_files(features), arrays_from_columns([C.FEATURES, C.LABELS]),
                                 columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
                                 buffer_rows=train["buffer_rows"], seed=seed)
     val = validation_set(features, train["val_rows"], seed)

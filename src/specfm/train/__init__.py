@@ -11,7 +11,7 @@ from .distributed import (barrier, cleanup, init_distributed, is_main_process,
                           maybe_relaunch_with_torchrun, rank, world_size)
 from .logs import setup_logging
 from .loop import EXIT_PREEMPTED, FitResult, Preempted, evaluate, fit
-from .stream import ParquetBatchStream, tensors_from_columns
+from .stream import ParquetBatchStream, arrays_from_columns
 from .seeding import get_rng_state, make_generator, seed_everything, set_rng_state
 
 __all__ = [
@@ -19,5 +19,5 @@ __all__ = [
     "choose_device", "cleanup", "evaluate", "fit", "get_rng_state", "init_distributed",
     "is_main_process", "load_final", "load_latest", "make_generator",
     "maybe_relaunch_with_torchrun", "rank", "save_checkpoint", "save_final", "seed_everything",
-    "set_rng_state", "setup_logging", "tensors_from_columns", "unwrap", "world_size",
+    "set_rng_state", "setup_logging", "arrays_from_columns", "unwrap", "world_size",
 ]

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
@@ -26,15 +25,17 @@ from .distributed import rank, world_size
 class ParquetBatchStream:
     """Batches of rows (row filter applied) from Parquet files, shuffled through a buffer.
 
-    ``to_tensors(table) -> tuple of tensors`` turns a pyarrow Table of rows into a batch.
+    ``to_arrays(table) -> tuple of numpy arrays`` turns the rows of one row group into arrays
+    (done once per row group; the shuffling then moves numpy rows, not Arrow tables);
+    batches are tuples of tensors sharing that layout.
     ``where``: (column, value) keeping rows with column == value (e.g. ("split", "train")).
     ``buffer_rows``: rows held for shuffling; memory is about buffer_rows x row size.
     """
 
-    def __init__(self, paths: Sequence[str | Path], to_tensors: Callable, *, columns: list[str],
+    def __init__(self, paths: Sequence[str | Path], to_arrays: Callable, *, columns: list[str],
                  where: tuple[str, str] | None = None, buffer_rows: int = 65536, seed: int = 0):
         self.paths = [Path(p) for p in paths]
-        self.to_tensors, self.columns, self.where = to_tensors, list(columns), where
+        self.to_arrays, self.columns, self.where = to_arrays, list(columns), where
         self.buffer_rows, self.seed = int(buffer_rows), int(seed)
         # (file index, row group, kept rows): counting reads only the filter column.
         self.units = []
@@ -63,12 +64,12 @@ class ParquetBatchStream:
         return min(math.ceil(sum(n for *_, n in self._rank_units(r)) / batch_size)
                    for r in range(world_size()))
 
-    def _read(self, unit):
+    def _read(self, unit) -> tuple[np.ndarray, ...]:
         i, g, _ = unit
         table = pq.ParquetFile(self.paths[i]).read_row_group(g, columns=self.columns)
         if self.where is not None:
             table = table.filter(pc.equal(table[self.where[0]], self.where[1]))
-        return table
+        return tuple(self.to_arrays(table))
 
     def batches(self, epoch: int, batch_size: int, skip: int = 0) -> Iterator[tuple]:
         """The batches of `epoch`, after skipping the first `skip` (for resume)."""
@@ -77,37 +78,36 @@ class ParquetBatchStream:
         order = rng.permutation(len(units))
         buffer, done = None, 0
 
-        def emit(table, keep: int):
+        def emit(arrays, keep: int):
+            """Shuffle the buffer, yield full batches of all but `keep` rows; return (tail, kept)."""
             nonlocal done
-            perm = rng.permutation(table.num_rows)
-            out = table.take(perm[keep:]) if keep else table.take(perm)
-            rest = table.take(perm[:keep]) if keep else None
-            n_full = out.num_rows // batch_size
+            perm = rng.permutation(len(arrays[0]))
+            out = tuple(a[perm[keep:]] for a in arrays)
+            rest = tuple(a[perm[:keep]] for a in arrays)
+            n_full = len(out[0]) // batch_size
             for b in range(n_full):
                 if done >= skip:
-                    yield self.to_tensors(out.slice(b * batch_size, batch_size))
+                    yield tuple(torch.from_numpy(a[b * batch_size:(b + 1) * batch_size]) for a in out)
                 done += 1
-            tail = out.slice(n_full * batch_size)
-            return tail, rest
+            return tuple(a[n_full * batch_size:] for a in out), rest
 
         for k in order:
-            table = self._read(units[k])
-            buffer = table if buffer is None else pa.concat_tables([buffer, table])
-            if buffer.num_rows >= self.buffer_rows:
+            arrays = self._read(units[k])
+            buffer = arrays if buffer is None else tuple(np.concatenate(p) for p in zip(buffer, arrays))
+            if len(buffer[0]) >= self.buffer_rows:
                 tail, rest = yield from emit(buffer, self.buffer_rows // 2)
-                buffer = pa.concat_tables([tail, rest]) if tail.num_rows else rest
-        if buffer is not None and buffer.num_rows:
+                buffer = tuple(np.concatenate(p) for p in zip(tail, rest))
+        if buffer is not None and len(buffer[0]):
             tail, _ = yield from emit(buffer, 0)
-            if tail.num_rows and done >= skip:
-                yield self.to_tensors(tail)
+            if len(tail[0]) and done >= skip:
+                yield tuple(torch.from_numpy(a) for a in tail)
 
 
-def tensors_from_columns(groups: Sequence[Sequence[str]]) -> Callable:
-    """A to_tensors for ParquetBatchStream: one float32 (rows, len(group)) tensor per column group."""
+def arrays_from_columns(groups: Sequence[Sequence[str]]) -> Callable:
+    """A to_arrays for ParquetBatchStream: one float32 (rows, len(group)) array per column group."""
 
     def convert(table):
-        return tuple(torch.from_numpy(np.stack(
-            [table.column(c).to_numpy(zero_copy_only=False) for c in cols], axis=1
-        ).astype(np.float32)) for cols in groups)
+        return tuple(np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in cols],
+                              axis=1).astype(np.float32) for cols in groups)
 
     return convert
