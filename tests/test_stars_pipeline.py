@@ -270,3 +270,32 @@ def test_training_from_the_stream_resumes_exactly_after_sigterm(feature_table, t
     resumed = run(tmp_path / "b")
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_truncated_raw_partition_is_named_and_nothing_is_left_behind(tmp_path):
+    from specfm.stars.features import FeatureError
+    from specfm.stars.steps import build_partition as build_step
+
+    raw = fake_raw(200, seed=4)
+    good = tmp_path / "hpx1.parquet"
+    raw.to_parquet(good)
+    bad = tmp_path / "hpx2.parquet"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    out = tmp_path / "out" / "hpx2.parquet"
+    with pytest.raises(FeatureError, match="hpx2.parquet: not a readable Parquet partition"):
+        build_step("gaia_archive", [str(bad)], out, tmp_path / "out" / "r.npz", healpix_level=5,
+                   chunk_rows=100, seed=0, reservoir=100)
+    assert not out.exists() and not (tmp_path / "out" / "r.npz").exists()
+    counts = build_step("gaia_archive", [str(good)], tmp_path / "ok.parquet", tmp_path / "ok.npz",
+                        healpix_level=5, chunk_rows=100, seed=0, reservoir=100)
+    assert counts["rows_out"] == 200
+
+
+def test_nan_coefficients_are_missing_values_not_dropped_rows(tmp_path):
+    raw = fake_raw(100, seed=5)
+    raw.loc[raw.index[:10], "bp_7"] = np.nan
+    counts = build_features([("c", raw)], tmp_path / "f.parquet", tmp_path / "s.json", reservoir=100)
+    table = pd.read_parquet(tmp_path / "f.parquet")
+    assert counts["rows_out"] == 100
+    assert table["bp_7"].isna().sum() >= 10 and not table.loc[:9, "has_xp"].any()
+    assert table.loc[:9, "bp_8"].notna().sum() == raw.loc[raw.index[:10], "bp_8"].notna().sum()

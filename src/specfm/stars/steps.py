@@ -7,11 +7,14 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from specfm import provenance
 from specfm.fetch.sources import manifest_files
 from specfm.io import write_json_atomic
+
+from .features import FeatureError
 
 log = logging.getLogger("specfm.stars")
 
@@ -47,9 +50,19 @@ def raw_chunks(kind: str, inputs: list[str], *, healpix_level: int, chunk_rows: 
                 return
     else:  # archive / targets: raw Parquet partitions written by the fetch rules
         for path in inputs:
-            pf = pq.ParquetFile(path)
-            for g in range(pf.num_row_groups):
-                yield f"{path} [row group {g}]", pf.read_row_group(g).to_pandas()
+            try:
+                pf = pq.ParquetFile(path)
+                groups = range(pf.num_row_groups)
+            except (pa.ArrowException, OSError) as exc:
+                raise FeatureError(f"{path}: not a readable Parquet partition ({exc}); "
+                                   "delete it and rerun its fetch rule") from None
+            for g in groups:
+                try:
+                    frame = pf.read_row_group(g).to_pandas()
+                except (pa.ArrowException, OSError) as exc:
+                    raise FeatureError(f"{path}: row group {g} is unreadable ({exc}); "
+                                       "delete the file and rerun its fetch rule") from None
+                yield f"{path} [row group {g}]", frame
 
 
 def build_partition(kind: str, inputs: list[str], table_out, reservoir_out, *, healpix_level: int,
