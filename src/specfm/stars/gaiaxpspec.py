@@ -183,6 +183,8 @@ def read_library(path, healpix_level: int, chunk_rows: int = 8192) -> Iterator[p
     path = Path(path)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, not {chunk_rows}")
+    if not 0 <= healpix_level <= 12:
+        raise ValueError(f"healpix_level must be 0..12 (Gaia source_ids encode level 12), not {healpix_level}")
     hdul, table = _open_table(path)
     with hdul:
         n_in = len(table)
