@@ -139,6 +139,15 @@ def test_bad_files(tmp_path):
         read(tmp_path / "m.fits")
 
 
+def test_no_usable_rows_gives_one_empty_frame_with_the_schema(tmp_path):
+    write_library(tmp_path / "e.fits", rows=[ROWS[4]])  # only a null source_id
+    frames = list(G.read_library(tmp_path / "e.fits", LEVEL))
+    assert len(frames) == 1 and frames[0].empty
+    assert list(frames[0].columns) == G.OUTPUT_COLUMNS and frames[0]["source_id"].dtype == np.int64
+    with pytest.raises(ValueError, match="healpix_level"):
+        list(G.read_library(tmp_path / "e.fits", 13))
+
+
 def test_tmass_designation_parser():
     ids = ["2M14300843-6315371", " 2M00000000-0000001 ", "2M00000000+0000000", "2M23595999+8959599",
            "AP17172573-2844194", "2M2500000+0000000", "2M25000000+0000000", "2M00006000+0000000", "", "VESTA"]

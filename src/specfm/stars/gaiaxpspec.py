@@ -196,7 +196,9 @@ def read_library(path, healpix_level: int, chunk_rows: int = 8192) -> Iterator[p
                  path, n_in, len(rows), n_in - len(rows))
         counts = {"no_position": 0, "ebv_nan": 0, "xp_failed": 0}
         sentinels: dict[str, int] = {}
-        for start in range(0, len(rows), chunk_rows):
+        # an input with no usable row still yields one (empty) frame, so a partition with the
+        # right schema is written downstream instead of none
+        for start in range(0, max(len(rows), 1), chunk_rows):
             idx = rows[start:start + chunk_rows]
             frame = _chunk_frame(table, idx, source_id[idx], apogee_id[idx], healpix_level,
                                  counts, sentinels, path)
