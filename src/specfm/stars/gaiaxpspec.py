@@ -11,8 +11,8 @@ column the library does not have (parallax, proper motions, other surveys, age) 
 
 Labels: ``alpha_fe`` holds APOGEE's ``ALPHA_M`` = [alpha/M] unchanged. ASPCAP fits alpha relative
 to the overall metallicity [M/H], so [alpha/Fe] = [alpha/M] + [M/H] - [Fe/H]; the library has no
-[M/H] column, and in DR17 [M/H] - [Fe/H] is a few hundredths of a dex for most stars, which we
-accept as the label's systematic error rather than invent a correction.
+[M/H] column to correct with, so the label carries the (usually small) [M/H] - [Fe/H] difference
+as a systematic. Stars ASPCAP could not fit have NaN [Fe/H] / [alpha/M] (about 11 % here).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ REQUIRED = ["apogee_id", "gaiaedr3_source_id", "snr", "flux", "flux_error", "med
 N_SAMPLES = 343
 
 # 2MASS designation "2Mhhmmss.ss+ddmmss.s" without the dots: the J2000 position *truncated*
-# (not rounded) to 0.01 s and 0.1 arcsec (2MASS Explanatory Supplement, sec. I.4).
+# (not rounded) to 0.01 s and 0.1 arcsec (2MASS All-Sky Explanatory Supplement, sec. I.8a).
 _TMASS = re.compile(r"^2M(\d{2})(\d{2})(\d{4})([+-])(\d{2})(\d{2})(\d{3})$")
 
 
