@@ -186,7 +186,7 @@ class _NormalMatrices:
 
 
 def fit_coefficients(flux, flux_error=None, *, scale=None, design: XPDesign | None = None,
-                     ridge: float = DEFAULT_RIDGE, on_bad: str = "raise", chunk: int = 512) -> XPFit:
+                     ridge: float = DEFAULT_RIDGE, on_bad: str = "raise", chunk: int = 256) -> XPFit:
     """Recover XP coefficients from sampled spectra by weighted, ridge-damped least squares.
 
     flux, flux_error: (n, n_samples) in any common unit u; ``scale`` (n,) converts u to
