@@ -153,21 +153,47 @@ def _spectral_axis(header: fits.Header, name: str) -> np.ndarray:
     return np.asarray(wave, dtype=float)
 
 
-def read_cube(path: str | Path, *, redshift: float | None = None, wave_out=None, margin_pix: int = 8) -> Cube:
-    """Read a PHANGS-MUSE / mock cube. ValueError naming the file for anything unusable.
+@dataclass
+class _CubeFile:
+    """An open, validated cube file: headers checked, nothing but the headers read."""
 
-    With ``redshift``, the cube must cover the output grid (default the paper's 4749.37-7100.49 A)
-    in the rest frame, and only the planes needed (plus ``margin_pix``) are read, which halves the
-    memory of a PHANGS cube (4750-9350 A). NaN/inf flux, NaN/inf variance and variance <= 0 are all
-    masked (set to NaN in both arrays); the counts go to the log, as does the number of spaxels with
-    no valid pixel left (they are excluded from binning by ``preprocess``).
-    """
-    path = Path(path)
+    hdul: fits.HDUList
+    data_hdu: fits.ImageHDU
+    stat_hdu: fits.ImageHDU | None
+    wave: np.ndarray  # [i1 - i0] the planes that will be read
+    i0: int
+    i1: int
+    var_scale: float
+    bunit: str
+    header: fits.Header
+    wcs_celestial: WCS
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.data_hdu.shape[1:])
+
+    def read(self, y0: int = 0, y1: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """float32 (flux, var) [planes, y0:y1, nx] read from the file (only those bytes), STAT scaled."""
+        rows = slice(y0, y1)
+        try:
+            flux = np.array(self.data_hdu.section[self.i0 : self.i1, rows], dtype=np.float32)
+            var = None if self.stat_hdu is None else np.array(
+                self.stat_hdu.section[self.i0 : self.i1, rows], dtype=np.float32)
+        except Exception as exc:
+            raise ValueError(f"{self.name}: cannot read the cube data ({type(exc).__name__}: {exc})") from exc
+        if var is not None and self.var_scale != 1.0:
+            var *= np.float32(self.var_scale)
+        return flux, var
+
+
+def _open_cube(path: str | Path, *, redshift: float | None, wave_out, margin_pix: int, memmap: bool) -> _CubeFile:
+    """Open ``path`` and check everything but the pixel values (read_cube's docstring); the caller closes it."""
     name = str(path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            hdul = fits.open(path, memmap=True)
+            hdul = fits.open(path, memmap=memmap)
             len(hdul)  # astropy reads the headers lazily: load them all now
     except Exception as exc:  # OSError, ValueError, TypeError... for non-FITS or broken headers
         raise ValueError(f"{name}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
@@ -177,7 +203,7 @@ def read_cube(path: str | Path, *, redshift: float | None = None, wave_out=None,
         raise ValueError(f"{name}: truncated FITS file ({truncated[0]})")
     for w in caught:
         log.warning("%s: %s", name, w.message)
-    with hdul:
+    try:
         names = [h.name for h in hdul]
         if "DATA" not in names:
             raise ValueError(f"{name}: no DATA extension (found {names})")
@@ -193,7 +219,6 @@ def read_cube(path: str | Path, *, redshift: float | None = None, wave_out=None,
         wcs = _quiet_wcs(header)
         if not wcs.has_celestial:
             raise ValueError(f"{name}: DATA has no celestial (RA/Dec) WCS")
-        celestial = wcs.celestial
         i0, i1 = 0, wave.size
         if redshift is not None:
             check_coverage(wave, redshift, name, wave_out)
@@ -209,23 +234,40 @@ def read_cube(path: str | Path, *, redshift: float | None = None, wave_out=None,
             var_scale = _variance_scale(stat_hdu.header.get("BUNIT", ""), bunit, name)
         else:
             log.warning("%s: no STAT extension: no variance (preprocess needs one)", name)
-        try:
-            flux = np.array(data_hdu.section[i0:i1], dtype=np.float32)
-            var = None if stat_hdu is None else np.array(stat_hdu.section[i0:i1], dtype=np.float32)
-        except Exception as exc:
-            raise ValueError(f"{name}: cannot read the cube data ({type(exc).__name__}: {exc})") from exc
-    if var is not None and var_scale != 1.0:
-        var *= np.float32(var_scale)
-    n_bad = _mask_bad(flux, var)
-    n_pix = flux.size
-    empty = ~np.any(np.isfinite(flux), axis=0)
-    log.info("%s: %d x %d spaxels x %d planes (%.1f-%.1f A) read", name, *flux.shape[1:], flux.shape[0],
-             wave[i0], wave[i1 - 1])
+    except Exception:
+        hdul.close()
+        raise
+    return _CubeFile(hdul=hdul, data_hdu=data_hdu, stat_hdu=stat_hdu, wave=wave[i0:i1], i0=i0, i1=i1,
+                     var_scale=var_scale, bunit=bunit, header=header, wcs_celestial=wcs.celestial, name=name)
+
+
+def _log_masked(name: str, n_bad: int, n_pix: int, n_empty: int, n_spax: int) -> None:
     if n_bad:
         log.info("%s: %d of %d pixels masked (non-finite flux or variance, or variance <= 0)", name, n_bad, n_pix)
-    if empty.any():
-        log.info("%s: %d of %d spaxels have no valid pixel and are excluded", name, int(empty.sum()), empty.size)
-    return Cube(wave=wave[i0:i1], flux=flux, var=var, wcs_celestial=celestial, bunit=bunit, header=header, path=name)
+    if n_empty:
+        log.info("%s: %d of %d spaxels have no valid pixel and are excluded", name, n_empty, n_spax)
+
+
+def read_cube(path: str | Path, *, redshift: float | None = None, wave_out=None, margin_pix: int = 8) -> Cube:
+    """Read a PHANGS-MUSE / mock cube into memory. ValueError naming the file for anything unusable.
+
+    With ``redshift``, the cube must cover the output grid (default the paper's 4749.37-7100.49 A)
+    in the rest frame, and only the planes needed (plus ``margin_pix``) are read, which halves the
+    memory of a PHANGS cube (4750-9350 A). NaN/inf flux, NaN/inf variance and variance <= 0 are all
+    masked (set to NaN in both arrays); the counts go to the log, as does the number of spaxels with
+    no valid pixel left (they are excluded from binning by ``preprocess``). A full PHANGS mosaic
+    does not fit in memory this way: ``preprocess_file`` bins it in strips instead.
+    """
+    cf = _open_cube(path, redshift=redshift, wave_out=wave_out, margin_pix=margin_pix, memmap=True)
+    with cf.hdul:
+        flux, var = cf.read()
+    n_bad = _mask_bad(flux, var)
+    empty = ~np.any(np.isfinite(flux), axis=0)
+    log.info("%s: %d x %d spaxels x %d planes (%.1f-%.1f A) read", cf.name, *flux.shape[1:], flux.shape[0],
+             cf.wave[0], cf.wave[-1])
+    _log_masked(cf.name, n_bad, flux.size, int(empty.sum()), empty.size)
+    return Cube(wave=cf.wave, flux=flux, var=var, wcs_celestial=cf.wcs_celestial, bunit=cf.bunit, header=cf.header,
+                path=cf.name)
 
 
 def _variance_scale(stat_bunit: str, bunit: str, name: str) -> float:
@@ -271,6 +313,23 @@ def write_cube(
     The wavelength axis is linear: ``wave_start + i * wave_step`` A (AWAV). ``primary_cards`` are
     (keyword, value, comment) triples for the primary header. No date cards: same input, same bytes.
     """
+    hdr = cube_header(wave_start, wave_step, wcs_celestial, bunit=bunit)
+    primary = fits.PrimaryHDU()
+    for key, value, comment in primary_cards:
+        primary.header[key if len(key) <= 8 and " " not in key else f"HIERARCH {key}"] = (value, comment)
+    hdus = [primary, fits.ImageHDU(np.asarray(flux, dtype=np.float32), header=hdr)]
+    if var is not None:
+        shdr = hdr.copy()
+        shdr["EXTNAME"] = "STAT"
+        shdr["BUNIT"] = var_bunit
+        hdus.append(fits.ImageHDU(np.asarray(var, dtype=np.float32), header=shdr))
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+def cube_header(wave_start: float, wave_step: float, wcs_celestial: WCS | fits.Header, *,
+                bunit: str = FLUX_UNIT_PHANGS) -> fits.Header:
+    """The DATA header of ``write_cube``: EXTNAME, BUNIT, a CD-matrix celestial WCS and a linear AWAV axis."""
     cel = wcs_celestial.to_header() if isinstance(wcs_celestial, WCS) else fits.Header(wcs_celestial)
     cel_wcs = _quiet_wcs(cel)
     hdr = fits.Header()
@@ -294,17 +353,7 @@ def write_cube(
     hdr["RADESYS"] = cel_wcs.wcs.radesys or "FK5"
     if np.isfinite(cel_wcs.wcs.equinox):
         hdr["EQUINOX"] = float(cel_wcs.wcs.equinox)
-    primary = fits.PrimaryHDU()
-    for key, value, comment in primary_cards:
-        primary.header[key if len(key) <= 8 and " " not in key else f"HIERARCH {key}"] = (value, comment)
-    hdus = [primary, fits.ImageHDU(np.asarray(flux, dtype=np.float32), header=hdr)]
-    if var is not None:
-        shdr = hdr.copy()
-        shdr["EXTNAME"] = "STAT"
-        shdr["BUNIT"] = var_bunit
-        hdus.append(fits.ImageHDU(np.asarray(var, dtype=np.float32), header=shdr))
-    with atomic_path(path) as tmp:
-        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return hdr
 
 
 # ------------------------------------------------------------------------------------- preprocess
@@ -411,6 +460,44 @@ def filter_bright_lines(spec, noise, wave, *, regions=PAPER_MASK_REGIONS, width=
     return np.where(hit, med, spec), hit
 
 
+class _MemorySource:
+    """Row strips of an in-memory ``Cube`` (views; its NaNs are the mask)."""
+
+    def __init__(self, cube: Cube):
+        if cube.var is None:
+            raise ValueError(f"{cube.path}: no variance (STAT) extension: cannot compute S/N for binning")
+        self.cube, self.name, self.wave, self.shape = cube, cube.path, cube.wave, cube.shape
+        self.wcs_celestial, self.bunit = cube.wcs_celestial, cube.bunit
+
+    def read(self, y0: int, y1: int, first: bool) -> tuple[np.ndarray, np.ndarray]:
+        return self.cube.flux[:, y0:y1], self.cube.var[:, y0:y1]
+
+
+class _FileSource:
+    """Row strips read from the file on demand (masked as ``read_cube`` does), never the whole cube."""
+
+    def __init__(self, cf: _CubeFile):
+        if cf.stat_hdu is None:
+            raise ValueError(f"{cf.name}: no variance (STAT) extension: cannot compute S/N for binning")
+        self.cf, self.name, self.wave, self.shape = cf, cf.name, cf.wave, cf.shape
+        self.wcs_celestial, self.bunit = cf.wcs_celestial, cf.bunit
+        self.n_bad = self.n_pix = self.n_empty = 0
+
+    def read(self, y0: int, y1: int, first: bool) -> tuple[np.ndarray, np.ndarray]:
+        flux, var = self.cf.read(y0, y1)
+        n_bad = _mask_bad(flux, var)
+        if first:  # count once (the second pass reads the same strips again)
+            self.n_bad += n_bad
+            self.n_pix += flux.size
+            self.n_empty += int((~np.any(np.isfinite(flux), axis=0)).sum())
+        return flux, var
+
+
+def strip_rows(n_planes: int, nx: int, max_chunk_mb: float) -> int:
+    """Rows of spaxels per strip so that one strip of flux + variance (float32) is <= ``max_chunk_mb``."""
+    return max(1, int(max_chunk_mb * 2**20 // (n_planes * nx * 4 * 2)))
+
+
 def preprocess(
     cube: Cube,
     redshift: float,
@@ -425,54 +512,107 @@ def preprocess(
     line_pad: int = 3,
     clip_sigma: float = 4.0,
     chunk: int = 4096,
+    max_chunk_mb: float = 256.0,
 ) -> Bins:
     """Cube -> rest-frame, Voronoi-binned, line-filtered, masked and median-normalised spectra.
 
     See the module docstring for each step. ``target_snr`` 35 is the PHANGS-MUSE binning target
     (GalProTE Sect. 3.2, after Pessa et al. 2023), S/N per output (2.48 A) pixel in ``snr_window``.
+    ``preprocess_file`` does the same from a file, one strip of rows at a time.
     """
-    name = cube.path
-    if cube.var is None:
-        raise ValueError(f"{name}: no variance (STAT) extension: cannot compute S/N for binning")
+    return _preprocess(_MemorySource(cube), redshift, target_snr=target_snr, min_snr=min_snr, snr_window=snr_window,
+                       wave_out=wave_out, max_bad_frac=max_bad_frac, line_filter=line_filter,
+                       median_width=median_width, line_pad=line_pad, clip_sigma=clip_sigma, chunk=chunk,
+                       max_chunk_mb=max_chunk_mb)
+
+
+def preprocess_file(path: str | Path, redshift: float, *, margin_pix: int = 8, max_chunk_mb: float = 256.0,
+                    **kwargs) -> Bins:
+    """``preprocess(read_cube(path, redshift=redshift), redshift, ...)`` without holding the cube.
+
+    Two passes over strips of spaxel rows read from the file (``section``, no memmap, so untouched
+    planes and rows are never paged in): the first computes each spaxel's masked-pixel count,
+    signal and noise (only the S/N window is rebinned); after Voronoi binning the second re-reads
+    the strips and adds each selected spaxel's rebinned spectrum and variance to its bin. Memory:
+    one strip (``max_chunk_mb``) + per-spaxel scalars + the per-bin sums (float64 [n_bins, 948] x 2),
+    not the cube (several GB for a PHANGS mosaic). The per-bin sums are added spaxel by spaxel in
+    the same order as the in-memory path, so the results are the same bytes.
+    """
+    wave_out = kwargs.get("wave_out")
+    cf = _open_cube(path, redshift=redshift, wave_out=wave_out, margin_pix=margin_pix, memmap=False)
+    with cf.hdul:
+        src = _FileSource(cf)
+        bins = _preprocess(src, redshift, max_chunk_mb=max_chunk_mb, **kwargs)
+    return bins
+
+
+def _preprocess(src, redshift: float, *, target_snr: float = 35.0, min_snr: float = 3.0,
+                snr_window: tuple[float, float] = SNR_WINDOW, wave_out=None, max_bad_frac: float = 0.2,
+                line_filter: bool = True, median_width: int = 25, line_pad: int = 3, clip_sigma: float = 4.0,
+                chunk: int = 4096, max_chunk_mb: float = 256.0) -> Bins:
+    name = src.name
     wave_out = paper_wavelength_grid() if wave_out is None else np.asarray(wave_out, dtype=float)
-    check_coverage(cube.wave, redshift, name, wave_out)
+    check_coverage(src.wave, redshift, name, wave_out)
     zp1 = 1.0 + redshift
-    w_full = rebin_matrix(cube.wave / zp1, wave_out)
+    w_full = rebin_matrix(src.wave / zp1, wave_out)
     used = np.flatnonzero(w_full.getnnz(axis=0) > 0)
     w = w_full[:, used].tocsr()
     w2 = w.multiply(w).tocsr()
-    x_used = cube.wave[used]
+    x_used = src.wave[used]
     win = (wave_out >= snr_window[0]) & (wave_out <= snr_window[1])
     if not win.any():
         raise ValueError(f"snr_window {snr_window} holds no pixel of the output grid")
+    w_win, w2_win = w[np.flatnonzero(win)], w2[np.flatnonzero(win)]  # pass 1 needs the S/N window only
 
-    n_wave, ny, nx = cube.flux.shape
-    flux2d = cube.flux.reshape(n_wave, ny * nx)
-    var2d = cube.var.reshape(n_wave, ny * nx)
+    n_wave = src.wave.size
+    ny, nx = src.shape
     n_spax = ny * nx
-    # pass 1: masked-pixel counts per spaxel (0 ok, 1 empty, 2 too many masked pixels)
-    nbad = np.zeros(n_spax, np.int64)
-    for s0 in range(0, n_spax, chunk):
-        sl = slice(s0, min(s0 + chunk, n_spax))
-        nbad[sl] = np.count_nonzero(np.isnan(flux2d[used, sl]) | np.isnan(var2d[used, sl]), axis=0)
-    state = np.where(nbad == used.size, 1, np.where(nbad > max_bad_frac * used.size, 2, 0)).astype(np.int8)
-    ok_idx = np.flatnonzero(state == 0)
-    # pass 2: rebin the usable spaxels only (memory ~ 2 x 4 B x 948 x n_usable)
-    spec = np.zeros((ok_idx.size, wave_out.size), np.float32)
-    var = np.zeros((ok_idx.size, wave_out.size), np.float32)
-    n_filled = int(nbad[ok_idx].sum())
-    for c0 in range(0, ok_idx.size, chunk):
-        cols = ok_idx[c0 : c0 + chunk]
+    rows = strip_rows(n_wave, nx, max_chunk_mb)
+
+    def strips(first: bool):
+        for y0 in range(0, ny, rows):
+            y1 = min(y0 + rows, ny)
+            yield y0 * nx, lambda y0=y0, y1=y1: src.read(y0, y1, first)
+
+    def rebinned(flux2d, var2d, cols, nbad_cols, wf, wv):
+        """float32 rebinned (spectrum, variance) [cols, rows of wf] of strip columns ``cols``."""
         f = flux2d[np.ix_(used, cols)].astype(np.float64)
         v = var2d[np.ix_(used, cols)].astype(np.float64)
-        _fill_masked(f, v, x_used, np.flatnonzero(nbad[cols] > 0))
-        spec[c0 : c0 + cols.size] = (w @ f).T * zp1
-        var[c0 : c0 + cols.size] = (w2 @ v).T * zp1**2
-    signal = spec[:, win].mean(axis=1, dtype=np.float64)
-    noise = np.sqrt(var[:, win].mean(axis=1, dtype=np.float64))
+        _fill_masked(f, v, x_used, np.flatnonzero(nbad_cols > 0))
+        return ((wf @ f).T * zp1).astype(np.float32), ((wv @ v).T * zp1**2).astype(np.float32)
+
+    # pass 1, per spaxel: masked-pixel count (state 0 ok, 1 empty, 2 too many masked), signal, noise
+    nbad = np.zeros(n_spax, np.int64)
+    signal_all = np.zeros(n_spax)
+    noise_all = np.zeros(n_spax)
+    for base, read in strips(first=True):
+        f3, v3 = read()
+        flux2d, var2d = f3.reshape(n_wave, -1), v3.reshape(n_wave, -1)
+        ns = flux2d.shape[1]
+        for s0 in range(0, ns, chunk):
+            sl = slice(s0, min(s0 + chunk, ns))
+            nbad[base + s0 : base + sl.stop] = np.count_nonzero(
+                np.isnan(flux2d[used, sl]) | np.isnan(var2d[used, sl]), axis=0)
+        local_nbad = nbad[base : base + ns]
+        ok = np.flatnonzero(local_nbad <= max_bad_frac * used.size)
+        ok = ok[local_nbad[ok] < used.size]
+        for c0 in range(0, ok.size, chunk):
+            cols = ok[c0 : c0 + chunk]
+            spec, var = rebinned(flux2d, var2d, cols, local_nbad[cols], w_win, w2_win)
+            signal_all[base + cols] = spec.mean(axis=1, dtype=np.float64)
+            noise_all[base + cols] = np.sqrt(var.mean(axis=1, dtype=np.float64))
+        del f3, v3, flux2d, var2d
+    if isinstance(src, _FileSource):
+        log.info("%s: %d x %d spaxels x %d planes (%.1f-%.1f A) read in strips of %d rows", name, ny, nx, n_wave,
+                 src.wave[0], src.wave[-1], rows)
+        _log_masked(name, src.n_bad, src.n_pix, src.n_empty, n_spax)
+    state = np.where(nbad == used.size, 1, np.where(nbad > max_bad_frac * used.size, 2, 0)).astype(np.int8)
+    ok_idx = np.flatnonzero(state == 0)
+    signal, noise = signal_all[ok_idx], noise_all[ok_idx]
+    n_filled = int(nbad[ok_idx].sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         sn = np.where(noise > 0, signal / noise, 0.0)
-    good_ok = np.flatnonzero(np.isfinite(sn) & (sn >= min_snr) & (signal > 0))  # rows of spec
+    good_ok = np.flatnonzero(np.isfinite(sn) & (sn >= min_snr) & (signal > 0))
     counts = {
         "n_spaxels": n_spax,
         "n_empty": int((state == 1).sum()),
@@ -486,14 +626,30 @@ def preprocess(
     if good_ok.size == 0:
         raise ValueError(f"{name}: no spaxel has S/N >= {min_snr:g} in {snr_window[0]:.0f}-{snr_window[1]:.0f} A")
     idx = ok_idx[good_ok]  # flat spaxel indices
-    spec, var, signal, noise = spec[good_ok], var[good_ok], signal[good_ok], noise[good_ok]
+    signal, noise = signal[good_ok], noise[good_ok]
     yy, xx = np.divmod(idx, nx)
     classes = _voronoi(xx.astype(float), yy.astype(float), signal, noise, target_snr, name)
     _, inv = np.unique(classes, return_inverse=True)
     n_bins = int(inv.max()) + 1
-    assign = sp.csr_matrix((np.ones(idx.size), (inv, np.arange(idx.size))), shape=(n_bins, idx.size))
-    full = np.asarray(assign @ spec.astype(np.float64))
-    full_var = np.asarray(assign @ var.astype(np.float64))
+
+    # pass 2: per-bin sums, spaxel by spaxel in index order (np.add.at adds in order, as a CSR product would)
+    bin_of = np.full(n_spax, -1, np.int64)
+    bin_of[idx] = inv
+    full = np.zeros((n_bins, wave_out.size))
+    full_var = np.zeros((n_bins, wave_out.size))
+    for base, read in strips(first=False):
+        ns = min(rows * nx, n_spax - base)
+        sel = np.flatnonzero(bin_of[base : base + ns] >= 0)
+        if sel.size == 0:
+            continue
+        f3, v3 = read()
+        flux2d, var2d = f3.reshape(n_wave, -1), v3.reshape(n_wave, -1)
+        for c0 in range(0, sel.size, chunk):
+            cols = sel[c0 : c0 + chunk]
+            spec, var = rebinned(flux2d, var2d, cols, nbad[base + cols], w, w2)
+            np.add.at(full, bin_of[base + cols], spec.astype(np.float64))
+            np.add.at(full_var, bin_of[base + cols], var.astype(np.float64))
+        del f3, v3, flux2d, var2d
     full_noise = np.sqrt(full_var)
     mask = emission_mask(wave_out)
     if line_filter:
@@ -536,7 +692,7 @@ def preprocess(
         "line_filter": {"enabled": bool(line_filter), "median_width_px": int(median_width),
                         "pad_px": int(line_pad), "clip_sigma": float(clip_sigma),
                         "rule": "positive outliers above a running median inside Table 2 regions + pad"},
-        "bunit": f"({cube.bunit}) rest frame: f_obs * (1+z) per rest Angstrom",
+        "bunit": f"({src.bunit}) rest frame: f_obs * (1+z) per rest Angstrom",
         "variance": "W**2 propagation, covariance ignored (approximate)",
         "counts": counts,
     }
@@ -554,7 +710,7 @@ def preprocess(
         ybar=ybar,
         n_spaxels=n_in.astype(np.int32),
         n_filtered=hit.sum(axis=1).astype(np.int32),
-        wcs_header=cube.wcs_celestial.to_header().tostring(sep="\n"),
+        wcs_header=src.wcs_celestial.to_header().tostring(sep="\n"),
         meta=meta,
     )
 
@@ -600,5 +756,6 @@ def read_bins(path: str | Path) -> Bins:
 
 __all__ = [
     "Bins", "Cube", "FLUX_UNIT_PHANGS", "VAR_UNIT_PHANGS", "check_coverage", "filter_bright_lines",
-    "flux_unit_scale", "preprocess", "read_bins", "read_cube", "rebin_matrix", "write_bins", "write_cube",
+    "flux_unit_scale", "preprocess", "preprocess_file", "read_bins", "read_cube", "rebin_matrix", "strip_rows",
+    "cube_header", "write_bins", "write_cube",
 ]

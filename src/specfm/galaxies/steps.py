@@ -64,11 +64,10 @@ def mock_cube(manifest: str | Path, out_cube: str | Path, out_truth: str | Path,
 def bin_cube(cube_path: str | Path, out: str | Path, *, redshift: float, target_snr: float, min_snr: float,
              code_files=()) -> None:
     """IFU cube -> de-redshifted, masked, Voronoi-binned spectra on the paper grid (HDF5)."""
-    from .cube import preprocess, read_cube, write_bins
+    from .cube import preprocess_file, write_bins
 
     start = time.perf_counter()
-    cube = read_cube(cube_path, redshift=redshift)
-    bins = preprocess(cube, redshift, target_snr=target_snr, min_snr=min_snr)
+    bins = preprocess_file(cube_path, redshift, target_snr=target_snr, min_snr=min_snr)  # in strips of rows
     write_bins(bins, out)
     log.info("binned %s: %d bins from %d spaxels (target S/N %g) in %.1f s", cube_path, bins.n_bins,
              int((bins.bin_id >= 0).sum()), target_snr, time.perf_counter() - start)
