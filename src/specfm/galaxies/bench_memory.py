@@ -2,8 +2,9 @@
 
     python -m specfm.galaxies.bench_memory [--out results/bench/galaxies_cube_memory.json]
 
-A PHANGS-MUSE mosaic is ~1000 x 1000 spaxels x 3,681 planes (4750-9350 A at 1.25 A), float32 DATA
-and STAT: ~30 GB on disk, ~7.5 GB per extension even for the ~1,930 planes the paper grid needs.
+A PHANGS-MUSE mosaic is 700-1500 spaxels on a side (1480 x 915, 897 x 896 and 1235 x 711 for
+NGC 1433, 3351 and 1672) x 3,681 planes (4750-9350 A at 1.25 A), float32 DATA and STAT: a 1235 x 711
+mosaic is 12.9 GB per extension, 6.8 GB even for the ~1,930 planes the paper grid needs.
 ``cube.preprocess_file`` bins it in strips of rows; this benchmark writes synthetic cubes in the
 same layout (full 3,681 planes) at two or more spatial sizes, bins each in a fresh subprocess with
 the streaming path (and the in-memory path, ``read_cube`` + ``preprocess``, for comparison) and

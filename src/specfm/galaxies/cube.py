@@ -33,6 +33,11 @@ per galaxy) and to filter out bright lines using median filters; major emission 
 5. per bin: the 948-px spectrum and noise, the median over the kept pixels (``norm``), and the
    876-px masked, median-normalised spectrum that the network reads.
 
+Memory: ``read_cube`` + ``preprocess`` hold the cube (fine for the mock; a PHANGS mosaic is
+several GB per extension). ``preprocess_file`` (used by the workflow) reads strips of spaxel rows
+twice instead -- per-spaxel S/N first, per-bin sums after binning -- and gives the same bytes;
+``python -m specfm.galaxies.bench_memory`` measures its peak RSS against cube size.
+
 Resolution: the cube's LSF is MUSE's at the *observed* wavelength; after de-redshifting it is
 FWHM_MUSE(lambda_rest (1+z)) / (1+z) in the rest frame, while the templates are at
 FWHM_MUSE(lambda_rest). The difference is < 1 % for PHANGS redshifts (z < 0.01) and is not corrected.
