@@ -210,3 +210,131 @@ rule stars_metrics:
     script:
         "../../scripts/stars_metrics.py"
 
+
+# --- archive sample kind (full scale) ---
+# `archive` samples: one raw file per nested HEALPix pixel at stars.healpix_level (Gaia DR3 TAP +
+# best-neighbour crossmatches + SkyMapper DR4 TAP + ESA XP bulk files + labels); `targets` samples:
+# one cone (Gaia + DataLink XP). These rules talk to the archives; tag concurrency with the
+# `archive_tap` resource (e.g. --resources archive_tap=4) to stay polite to the services.
+
+STARS_ARCHIVE = STARS["archive"]
+STARS_LABEL_CATALOGUES = ("apogee", "astronn", "leung", "galah", "rave")
+
+
+def archive_partitions(sample):
+    """The raw files an archive / targets sample's features are built from (one per partition)."""
+    from specfm.stars.archive.partition import partitions
+
+    spec = STARS["samples"][sample]
+    if spec["kind"] == "targets":
+        return [f"resources/stars/{sample}/raw/cone.parquet"]
+    return [
+        f"resources/stars/{sample}/raw/hpx{hpx}.parquet"
+        for hpx in partitions(STARS["healpix_level"], spec.get("pixels"))
+    ]
+
+
+def stars_archive_label_sources():
+    """{catalogue: downloaded file} for the label catalogues configured as declared sources."""
+    labels = STARS_ARCHIVE["labels"]
+    return {name: archive_path(labels[name]) for name in STARS_LABEL_CATALOGUES if labels.get(name)}
+
+
+def stars_archive_inputs(wildcards):
+    spec = STARS["samples"][wildcards.sample]
+    inputs = {}
+    if stars_archive_label_sources():
+        inputs["labels"] = "resources/stars/labels.parquet"
+    if spec["kind"] == "archive" and STARS_ARCHIVE["xp_bulk"]["enabled"]:
+        inputs["xp_index"] = "resources/stars/xp_bulk/_MD5SUM.txt"
+    return inputs
+
+
+def stars_archive_params(wildcards):
+    spec = STARS["samples"][wildcards.sample]
+    return {
+        "kind": spec["kind"],
+        "cuts": spec.get("cuts", spec["kind"] == "archive"),
+        **{key: spec.get(key) for key in ("ra", "dec", "radius")},
+    }
+
+
+rule stars_archive_partition:
+    """One HEALPix partition of an archive sample: every source query by source_id range."""
+    input:
+        unpack(stars_archive_inputs),
+    output:
+        "resources/stars/{sample}/raw/hpx{hpx}.parquet",
+    log:
+        "logs/stars/{sample}/archive_hpx{hpx}.log",
+    wildcard_constraints:
+        hpx=r"\d+",
+    params:
+        kind=lambda wc: stars_archive_params(wc)["kind"],
+        cuts=lambda wc: stars_archive_params(wc)["cuts"],
+        level=STARS["healpix_level"],
+        archive=STARS_ARCHIVE,
+        xp_dir="resources/stars/xp_bulk",
+    resources:
+        mem_mb=STARS_ARCHIVE["mem_mb"],
+        runtime=STARS_ARCHIVE["runtime"],
+        archive_tap=1,
+    script:
+        "../../scripts/stars_archive_fetch.py"
+
+
+rule stars_archive_cone:
+    """A targets sample (cluster, dwarf galaxy): one Gaia cone + DataLink XP."""
+    input:
+        unpack(stars_archive_inputs),
+    output:
+        "resources/stars/{sample}/raw/cone.parquet",
+    log:
+        "logs/stars/{sample}/archive_cone.log",
+    params:
+        kind="targets",
+        cuts=lambda wc: stars_archive_params(wc)["cuts"],
+        ra=lambda wc: stars_archive_params(wc)["ra"],
+        dec=lambda wc: stars_archive_params(wc)["dec"],
+        radius=lambda wc: stars_archive_params(wc)["radius"],
+        level=STARS["healpix_level"],
+        archive=STARS_ARCHIVE,
+    resources:
+        mem_mb=STARS_ARCHIVE["mem_mb"],
+        runtime=STARS_ARCHIVE["runtime"],
+        archive_tap=1,
+    script:
+        "../../scripts/stars_archive_fetch.py"
+
+
+rule stars_archive_labels:
+    """APOGEE DR17 (+ astroNN, Leung et al. 2023 ages), GALAH DR4, RAVE DR6 -> one label table."""
+    input:
+        **stars_archive_label_sources(),
+    output:
+        "resources/stars/labels.parquet",
+    log:
+        "logs/stars/archive_labels.log",
+    params:
+        priority=STARS_ARCHIVE["labels"]["priority"],
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    script:
+        "../../scripts/stars_archive_labels.py"
+
+
+rule stars_archive_xp_index:
+    """The ESA XP bulk directory's file list with md5s; partitions fetch the files they overlap."""
+    output:
+        "resources/stars/xp_bulk/_MD5SUM.txt",
+    log:
+        "logs/stars/archive_xp_index.log",
+    params:
+        url=STARS_ARCHIVE["xp_bulk"]["url"],
+    resources:
+        mem_mb=500,
+        runtime=10,
+    localrule: True
+    script:
+        "../../scripts/stars_archive_xp_index.py"
