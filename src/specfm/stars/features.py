@@ -50,19 +50,20 @@ class FeatureError(ValueError):
 
 
 def split_of(source_id, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
-    """'train' / 'val' / 'test' per source_id from blake2b of its int64 bytes.
-
-    Stable across runs, machines and Python versions (unlike hash()), and independent of the row
-    order or which other stars are in the sample, so anyone can check a star's split.
+    """"train" / "val" / "test" for each source_id from a hash of it, so the split is the same on
+    every run, machine and subset (blake2b of the int64 little-endian bytes; Python's hash() is
+    salted per process). A star's split never depends on which other stars are present.
     """
-    ids = np.asarray(source_id, dtype="<i8")
-    u = np.fromiter((int.from_bytes(hashlib.blake2b(i.tobytes(), digest_size=8).digest(), "little")
-                     for i in ids), dtype=np.uint64, count=ids.size) / float(2**64)
-    edges = np.cumsum(fractions)
-    out = np.full(ids.shape, "test", dtype=object)
-    out[u < edges[1]] = "val"
-    out[u < edges[0]] = "train"
-    return out
+    fractions = np.asarray(fractions, dtype=float)
+    if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, not {tuple(fractions)}")
+    ids = np.ascontiguousarray(np.asarray(source_id).astype("<i8", casting="same_kind"))
+    raw = ids.tobytes()
+    digests = b"".join(hashlib.blake2b(raw[i:i + 8], digest_size=8).digest() for i in range(0, len(raw), 8))
+    u = np.frombuffer(digests, dtype="<u8") / 2.0**64  # uniform in [0, 1)
+    edges = np.cumsum(fractions)[:2]
+    names = np.array(["train", "val", "test"])
+    return names[np.searchsorted(edges, u, side="right")]
 
 
 def _numeric(df: pd.DataFrame, cols: list[str], origin: str) -> pd.DataFrame:

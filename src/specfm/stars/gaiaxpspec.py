@@ -17,7 +17,6 @@ as a systematic. Stars ASPCAP could not fit have NaN [Fe/H] / [alpha/M] (about 1
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import warnings
@@ -236,20 +235,3 @@ def _chunk_frame(table, idx, source_id, apogee_id, healpix_level, counts, sentin
         if name not in INT_COLUMNS:
             frame[name] = frame[name].astype(np.float64)
     return frame
-
-
-def split_of(source_id, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
-    """"train" / "val" / "test" for each source_id from a hash of it, so the split is the same on
-    every run, machine and subset (blake2b of the int64 little-endian bytes; Python's hash() is
-    salted per process). A star's split never depends on which other stars are present.
-    """
-    fractions = np.asarray(fractions, dtype=float)
-    if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, not {tuple(fractions)}")
-    ids = np.ascontiguousarray(np.asarray(source_id).astype("<i8", casting="same_kind"))
-    raw = ids.tobytes()
-    digests = b"".join(hashlib.blake2b(raw[i:i + 8], digest_size=8).digest() for i in range(0, len(raw), 8))
-    u = np.frombuffer(digests, dtype="<u8") / 2.0**64  # uniform in [0, 1)
-    edges = np.cumsum(fractions)[:2]
-    names = np.array(["train", "val", "test"])
-    return names[np.searchsorted(edges, u, side="right")]
