@@ -186,6 +186,26 @@ def test_metrics_with_published_maps():
     assert none["available"] is False and none["model_vs_published"] == {}
 
 
+def test_published_maps_of_another_field_are_refused(tmp_path):
+    from specfm.galaxies.steps import published_for
+
+    shape = (4, 6)
+    write_ssp_maps(tmp_path / "elsewhere.fits", np.full(shape, 9.5), np.zeros(shape), np.zeros(shape),
+                   celestial(*shape, ra=10.0, dec=-30.0))
+    bin_id = np.arange(24).reshape(shape)
+    maps = our_maps(bin_id, celestial(*shape), {"LOGAGE": np.zeros(24)})
+    with pytest.raises(ValueError, match=r"elsewhere\.fits: the published maps have no value on any of our bins"):
+        published_for(tmp_path / "elsewhere.fits", maps)
+    write_ssp_maps(tmp_path / "here.fits", np.full(shape, 9.5), np.zeros(shape), np.zeros(shape), celestial(*shape))
+    got = published_for(tmp_path / "here.fits", maps)
+    assert got["n_bins_covered"] == {"LOGAGE": 24, "MH": 24, "AV": 24}
+    assert got["values"]["LOGAGE"] == pytest.approx(np.full(24, 9.5), abs=1e-6)
+    dr1 = tmp_path / "dr1.fits"
+    write_phangs_maps(dr1, dr1_extensions(shape), celestial(*shape))
+    none = published_for(dr1, maps)
+    assert none["available"] is False and "no stellar-population map" in none["reason"] and "values" not in none
+
+
 # ----------------------------------------------------------------------- through the workflow
 
 

@@ -189,7 +189,9 @@ def sample_on_grid(pub: PublishedMaps, wcs_header, shape) -> dict:
     yy, xx = np.mgrid[0:ny, 0:nx]
     sky = target.celestial.pixel_to_world(xx.ravel(), yy.ravel())
     px, py = pub.wcs.world_to_pixel(sky)
-    ix, iy = np.round(px).astype(np.int64), np.round(py).astype(np.int64)
+    finite = np.isfinite(px) & np.isfinite(py)  # NaN where the projection does not reach (far away)
+    ix = np.where(finite, np.round(np.where(finite, px, -1)), -1).astype(np.int64)
+    iy = np.where(finite, np.round(np.where(finite, py, -1)), -1).astype(np.int64)
     inside = (ix >= 0) & (iy >= 0) & (ix < any_img.shape[1]) & (iy < any_img.shape[0])
     out = {}
     for q, img in pub.images.items():

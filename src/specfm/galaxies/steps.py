@@ -213,6 +213,8 @@ def ppxf_maps(bins_path: str | Path, templates_path: str | Path, out: str | Path
 def published_for(maps_path: str | Path, model_maps, *, units: dict | None = None, rv: float | None = None) -> dict:
     """The published PHANGS maps of ``maps_path`` on ``model_maps``' bins, in ``compare_maps``' form;
     {"available": False, "reason": ...} (and a warning) when the file has no stellar-population map."""
+    import numpy as np
+
     from .phangs import RV_DEFAULT, NoStellarPopulations, published_per_bin, read_published_maps
 
     rv = RV_DEFAULT if rv is None else rv
@@ -221,9 +223,14 @@ def published_for(maps_path: str | Path, model_maps, *, units: dict | None = Non
     except NoStellarPopulations as exc:
         log.warning("%s", exc)
         return {"available": False, "reason": str(exc), "source": Path(maps_path).name}
+    values = published_per_bin(pub, model_maps)
+    covered = {q: int(np.isfinite(v).sum()) for q, v in values.items()}
+    if not any(covered.values()):
+        raise ValueError(f"{maps_path}: the published maps have no value on any of our bins "
+                         "(no sky overlap with the cube: another galaxy's file?)")
     return {"available": True, "source": Path(maps_path).name, "extensions": pub.extensions, "rv": rv,
             "per_bin": "mean over the spaxels of each of our bins (nearest published pixel)",
-            "values": published_per_bin(pub, model_maps)}
+            "n_bins_covered": covered, "values": values}
 
 
 def compare(model_path: str | Path, ppxf_path: str | Path, truth_path: str | Path | None, bench_path: str | Path,
