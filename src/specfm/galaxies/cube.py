@@ -572,7 +572,7 @@ def _preprocess(src, redshift: float, *, target_snr: float = 35.0, min_snr: floa
     n_wave = src.wave.size
     ny, nx = src.shape
     n_spax = ny * nx
-    rows = strip_rows(n_wave, nx, max_chunk_mb)
+    rows = min(strip_rows(n_wave, nx, max_chunk_mb), ny)
 
     def strips(first: bool):
         for y0 in range(0, ny, rows):
