@@ -1,4 +1,7 @@
-"""Rule entry point: train GalProTE (resumes from its checkpoint after a kill or requeue)."""
+"""Rule entry point: train GalProTE (resumes from its checkpoint after a kill or requeue).
+
+Serves galaxies_train (outputs: model, metrics, predictions, each with its record) and
+galaxies_ablation_train (model and metrics only)."""
 
 from specfm.galaxies.steps import train_model
 from specfm.logs import rule_logging
@@ -10,5 +13,7 @@ with rule_logging(snakemake.log[0]):
     train_model(snakemake.input[0], snakemake.output[0], snakemake.output[2], train=snakemake.params.train,
                 arch=snakemake.params.arch, seed=snakemake.params.seed, threads=snakemake.threads,
                 gpu=snakemake.resources.gpu,
+                predictions_out=snakemake.output[4] if len(snakemake.output) > 4 else None,
+                see_also=getattr(snakemake.params, "see_also", None),
                 code_files=[__file__])
 cleanup()

@@ -288,3 +288,30 @@ def test_benchmark_cli_writes_the_speed_record(toy, tmp_path):
     assert rec["projection"]["model_seconds"] == pytest.approx(65000 * rec["model_seconds_per_spectrum"])
     assert rec["machine"]["torch_threads"] >= 1 and rec["machine"]["cpus_available"] >= 1
     assert set(rec["inputs"]) == {"model", "templates", "bins"}
+
+
+def test_threads_per_job_never_oversubscribes():
+    from specfm.galaxies.ppxf_fit import threads_per_job
+
+    for cores in (1, 2, 3, 16):
+        for n_jobs in (1, 2, 3, 8, 32):
+            t = threads_per_job(n_jobs, cores)
+            assert t >= 1 and (n_jobs * t <= cores or t == 1)
+    assert threads_per_job(2, 16) == 8 and threads_per_job(3, 2) == 1
+
+
+def test_ppxf_workers_are_limited_to_their_blas_threads():
+    """A forked worker inherits the parent's BLAS pool size (here raised to 3 on purpose); the
+    pool's initializer must bring it down to the threads it was given."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from specfm.galaxies.ppxf_fit import _blas_threads, prepare, worker_pool
+
+    if not any(p["user_api"] == "blas" for p in threadpool_info()):
+        pytest.fail("no BLAS library found by threadpoolctl: numpy should always bring one")
+    setup = prepare(toy_templates())
+    with threadpool_limits(limits=3):
+        assert _blas_threads() == 3  # what an unlimited worker would inherit
+        with worker_pool(setup, 2, threads=1) as pool:
+            seen = [f.result() for f in [pool.submit(_blas_threads) for _ in range(4)]]
+    assert seen == [1, 1, 1, 1]

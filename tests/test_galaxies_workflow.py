@@ -23,6 +23,9 @@ from specfm.galaxies.mock_cube import read_truth, truth_per_bin
 BIN = os.path.dirname(sys.executable)
 TARGETS = ["results/mockgal_maps.fits", "results/mockgal_ppxf_maps.fits"]
 METRICS = "results/galaxies/mockgal_metrics.json"
+ABLATION = "results/galaxies/ablation.json"
+SYNTHETIC = [ABLATION] + [f"results/galaxies/figures/synthetic_{split}_{kind}.png" for split in ("test", "test_unseen")
+                          for kind in ("logage", "mh", "av", "mse", "residuals")]
 
 
 def per_bin(image, bin_id, n_bins):
@@ -32,7 +35,8 @@ def per_bin(image, bin_id, n_bins):
 
 def test_tiny_galaxies_chain_recovers_the_mock_truth(tmp_path):
     wf = copy_workflow(tmp_path / "wf")
-    cmd = [f"{BIN}/snakemake", "--cores", "2", METRICS, "--configfile", "config/config.yaml", "tests/config/tiny.yaml"]
+    cmd = [f"{BIN}/snakemake", "--cores", "2", METRICS, *SYNTHETIC, "--configfile", "config/config.yaml",
+           "tests/config/tiny.yaml"]
     proc = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr[-5000:]
@@ -61,3 +65,11 @@ def test_tiny_galaxies_chain_recovers_the_mock_truth(tmp_path):
     assert metrics["speed_ratio"] == speed["ppxf_seconds_per_spectrum"] / speed["model_seconds_per_spectrum"]
     for fig in ("panels", "running", "residuals"):
         assert (wf / f"results/galaxies/figures/mockgal_{fig}.png").stat().st_size > 10_000
+    # synthetic evaluation (paper Figs 8-12) and the attention ablation (tiny: none vs patch, 1 epoch)
+    for fig in SYNTHETIC[1:]:
+        assert (wf / fig).stat().st_size > 10_000, fig
+    ablation = json.loads((wf / ABLATION).read_text())
+    assert ablation["chosen"] == "patch" and set(ablation["table"]) == {"none", "patch"}
+    assert ablation["budget"]["epochs"] == 1 and all(r["epochs_run"] == 1 for r in ablation["table"].values())
+    synthetic = json.loads((wf / "results/galaxies/synthetic_metrics.json").read_text())
+    assert synthetic["see_also"] == {"ablation": ABLATION} and synthetic["model"]["attention"] == "patch"

@@ -8,7 +8,10 @@ compares numbers from different machines; here both are timed in one process:
   warm-up batch, with ``torch.set_num_threads`` = the cores this process may use; the pass is
   repeated until it has run >= ``min_seconds`` so small inputs still give a stable number;
   seconds per spectrum = total time / spectra predicted. The weights -> light-weighted age/[M/H]
-  step is negligible and not timed; neither is reading the file;
+  step is negligible and not timed; neither is reading the file. ``predict`` is what the maps rule
+  runs: inference mode, BatchNorm folded into the convolutions, the attention context as plain
+  matrix products (see ``model``), 256 spectra per batch (a batch's [B, C, L] feature maps then stay
+  ~20 MB instead of ~86 MB at 1024);
 * pPXF: ``ppxf_fit.fit_bins`` (the two-fit PHANGS recipe) on ``n_ppxf`` bins spread evenly over the
   bin list (the S/N and the population mix vary across a galaxy), one process; seconds per spectrum
   = mean wall time of the two fits of a bin.
@@ -65,7 +68,7 @@ def _versions() -> dict:
     return out
 
 
-def time_model(model, spectra, *, batch_size: int = 1024, n_model: int | None = None, min_seconds: float = 2.0,
+def time_model(model, spectra, *, batch_size: int = 256, n_model: int | None = None, min_seconds: float = 2.0,
                max_repeats: int = 50, predict_fn=None) -> dict:
     """Seconds per spectrum of ``predict_fn(model, spectra, batch_size)`` (default ``training.predict``)."""
     if predict_fn is None:
@@ -90,7 +93,7 @@ def time_model(model, spectra, *, batch_size: int = 1024, n_model: int | None = 
             "total_seconds": total, "batch_size": int(batch_size)}
 
 
-def benchmark_speed(model, templates: TemplateGrid, bins: Bins, *, n_ppxf: int = 20, batch_size: int = 1024,
+def benchmark_speed(model, templates: TemplateGrid, bins: Bins, *, n_ppxf: int = 20, batch_size: int = 256,
                     n_model: int | None = None, predict_fn=None, min_seconds: float = 2.0, degree: int = 12,
                     threads: int | None = None, progress: bool = False) -> dict:
     """Time the model and pPXF on ``bins`` (module docstring); returns the JSON-ready record.
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bins", required=True, help="bins HDF5 (cube.write_bins)")
     ap.add_argument("--out", required=True, help="JSON output, e.g. results/bench/galaxies_speed.json")
     ap.add_argument("--n-ppxf", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--n-model", type=int, default=None)
     ap.add_argument("--degree", type=int, default=12)
     args = ap.parse_args(argv)

@@ -244,8 +244,45 @@ def fit_one(setup: PPXFSetup, spec, noise, norm=np.nan) -> dict:
 _WORKER: dict = {}
 
 
-def _init_worker(setup: PPXFSetup) -> None:
+def threads_per_job(n_jobs: int, cores: int | None = None) -> int:
+    """BLAS/OpenMP threads each of ``n_jobs`` worker processes may use so that n_jobs x threads <= cores
+    (at least 1): a forked worker otherwise starts as many BLAS threads as the machine has cores, and
+    n_jobs workers oversubscribe the CPU n_jobs-fold."""
+    if cores is None:
+        from .bench import available_cores
+
+        cores = available_cores()
+    return max(1, int(cores) // max(1, int(n_jobs)))
+
+
+def _init_worker(setup: PPXFSetup, threads: int | None = None) -> None:
     _WORKER["setup"] = setup
+    if threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        # kept referenced for the worker's lifetime: the limits hold until the object is dropped
+        _WORKER["thread_limits"] = threadpool_limits(limits=int(threads))
+
+
+def _blas_threads() -> int:
+    """The largest thread count of the BLAS / OpenMP pools loaded in this process (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    return max((int(p["num_threads"]) for p in threadpool_info()), default=1)
+
+
+def worker_pool(setup: PPXFSetup, n_jobs: int, threads: int | None = None):
+    """A process pool of ``n_jobs`` pPXF workers, each limited to ``threads`` BLAS/OpenMP threads
+    (default `threads_per_job`); forked on Linux, else spawned."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = threads_per_job(n_jobs) if threads is None else int(threads)
+    # fork where available: the workers inherit the setup, and a caller without a
+    # `if __name__ == "__main__"` guard (a Snakemake script) is not re-run in every worker
+    method = "fork" if "fork" in mp.get_all_start_methods() and sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(max_workers=int(n_jobs), mp_context=mp.get_context(method),
+                               initializer=_init_worker, initargs=(setup, threads))
 
 
 def _run_chunk(idx, spectra, noises, norms, setup=None):
@@ -264,12 +301,12 @@ def _run_chunk(idx, spectra, noises, norms, setup=None):
 def fit_bins(bins: Bins, templates: TemplateGrid, *, degree: int = 12, progress: bool = True, n_jobs: int = 1,
              velscale_ratio: int = 2, regul: float = 0.0, av_bounds=(0.0, 4.0), av_start: float = 0.5,
              vmax_kms: float = 400.0, sigma_bounds=(1.0, 400.0), sigma_start: float = 100.0,
-             edge_kms: float = 1000.0, rv: float = 3.1, chunk: int = 4) -> dict:
+             edge_kms: float = 1000.0, rv: float = 3.1, chunk: int = 4, threads: int | None = None) -> dict:
     """pPXF on every bin of ``bins`` with ``templates`` (the two-fit recipe of the module docstring).
 
     ``degree``: multiplicative Legendre degree of fit 2 (PHANGS: 12). ``n_jobs`` > 1 fits chunks of
-    ``chunk`` bins in that many processes (forked on Linux, else spawned); each inherits the
-    BLAS thread count of the environment, so set OPENBLAS_NUM_THREADS=1 (or OMP_/MKL_) with n_jobs > 1. A_V is bounded
+    ``chunk`` bins in that many processes (forked on Linux, else spawned), each limited to ``threads``
+    BLAS/OpenMP threads (default `threads_per_job`: available cores // n_jobs). A_V is bounded
     to ``av_bounds`` (pPXF's default reddening range; wider than GalProTE's 0-1.5 so pPXF is not
     handed the model's prior); V within +-``vmax_kms`` of the systemic velocity the cube was
     de-redshifted with, sigma within ``sigma_bounds``.
@@ -314,14 +351,9 @@ def fit_bins(bins: Bins, templates: TemplateGrid, *, degree: int = 12, progress:
             for i in range(n):
                 collect(_run_chunk([i], spectra[i:i + 1], noises[i:i + 1], norms[i:i + 1], setup))
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures import as_completed
 
-            # fork where available: the workers inherit the setup, and a caller without a
-            # `if __name__ == "__main__"` guard (a Snakemake script) is not re-run in every worker
-            method = "fork" if "fork" in mp.get_all_start_methods() and sys.platform.startswith("linux") else "spawn"
-            with ProcessPoolExecutor(max_workers=int(n_jobs), mp_context=mp.get_context(method),
-                                     initializer=_init_worker, initargs=(setup,)) as pool:
+            with worker_pool(setup, n_jobs, threads) as pool:
                 futures = [pool.submit(_run_chunk, list(range(lo, min(lo + chunk, n))), spectra[lo:lo + chunk],
                                        noises[lo:lo + chunk], norms[lo:lo + chunk])
                            for lo in range(0, n, chunk)]
@@ -350,6 +382,7 @@ def fit_bins(bins: Bins, templates: TemplateGrid, *, degree: int = 12, progress:
         "n_goodpixels_max": int(setup.good_base.sum()), "n_bins": n, "n_failed": len(errors),
         "failed_bins": sorted(errors), "errors": {str(i): errors[i] for i in first},
         "seconds_per_spectrum": sps, "wall_seconds": wall, "n_jobs": int(n_jobs),
+        "threads_per_job": (threads_per_job(n_jobs) if threads is None else int(threads)) if n_jobs > 1 else None,
     }
     return out
 
@@ -379,4 +412,4 @@ def write_ppxf_maps(path: str | Path, bins: Bins, templates: TemplateGrid, resul
 
 
 __all__ = ["O94Attenuation", "PPXFSetup", "QUANTITIES", "UNITS", "fit_bins", "fit_one", "maps_quantities",
-           "overlap_matrix", "prepare", "write_ppxf_maps"]
+           "overlap_matrix", "prepare", "threads_per_job", "worker_pool", "write_ppxf_maps"]

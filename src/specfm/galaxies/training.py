@@ -21,7 +21,7 @@ import torch
 from specfm.train import (checkpoint_dir_for, choose_device, evaluate, fit, load_final, save_final, seed_everything,
                           setup_logging)
 
-from .model import GalProTE, GalProTEConfig, clip_grid, galprote_loss
+from .model import GalProTE, GalProTEConfig, clip_grid, fused_for_inference, galprote_loss
 from .template_table import TemplateGrid
 from .trainset import SplitDataset, attenuation_factors, model_spectra, read_meta, read_templates
 
@@ -131,22 +131,23 @@ def load_galprote(path, map_location="cpu") -> tuple[GalProTE, dict]:
 # ----------------------------------------------------------------------------------- inference
 
 
-@torch.no_grad()
-def predict(model: GalProTE, spectra, batch_size: int = 1024, *, frac: float = 0.05,
+@torch.inference_mode()
+def predict(model: GalProTE, spectra, batch_size: int = 256, *, frac: float = 0.05,
             device=None) -> tuple[np.ndarray, np.ndarray]:
     """spectra [N, n_kept] (median-normalised, masked) -> (weights [N, n_Z, n_age] clipped at ``frac`` of
-    each maximum and renormalised, A_V [N] in mag: the most probable class)."""
+    each maximum and renormalised, A_V [N] in mag: the most probable class).
+
+    Runs an evaluation copy with BatchNorm folded into the convolutions (`model.fused_for_inference`);
+    ``model`` itself is left as it is."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    net = fused_for_inference(model).to(device)
     spectra = np.asarray(spectra, dtype=np.float32)
     ws, avs = [], []
     for lo in range(0, spectra.shape[0], batch_size):
         x = torch.from_numpy(spectra[lo:lo + batch_size]).to(device)
-        w, av_logits = model(x)  # [b, n_Z, n_age], [b, n_av]
+        w, av_logits = net(x)  # [b, n_Z, n_age], [b, n_av]
         ws.append(clip_grid(w, frac).float().cpu())
-        avs.append(model.av_levels[av_logits.argmax(dim=1)].cpu())
-    model.train(was_training)
+        avs.append(net.av_levels[av_logits.argmax(dim=1)].cpu())
     n_z, n_age = model.cfg.n_z, model.cfg.n_age
     if not ws:
         return np.zeros((0, n_z, n_age), np.float32), np.zeros(0, np.float32)
@@ -180,18 +181,25 @@ def _stats(d: np.ndarray) -> dict:
     return {"bias": float(d.mean()), "scatter": float(d.std()), "rmse": float(np.sqrt((d**2).mean()))}
 
 
-def synthetic_metrics(model: GalProTE, trainset_path, splits=("test", "test_unseen"), *,
-                      batch_size: int = 1024, limit: int | None = None, frac: float = 0.05,
-                      block: int = 8192) -> dict:
-    """Scores of ``model`` on synthetic splits, per split (first ``limit`` spectra if given):
+# point-to-point residual histogram of the synthetic splits (Fig. 12): 0.25 % bins over +-50 %;
+# values outside are counted apart (``resid_below`` / ``resid_above``) rather than dropped
+RESID_EDGES_PCT = np.linspace(-50.0, 50.0, 401)
+PER_SPECTRUM = ("log_age_pred", "log_age_true", "mh_pred", "mh_true", "av_pred", "av_true", "pct_mse",
+                "pct_mse_truth", "noise_level")
 
-    pct_mse_mean/std: per-spectrum 100 x mean((input - reconstruction)^2) (spectra median-normalised);
-    pct_mse_truth_mean: the same for the reconstruction from the *true* weights and A_V: the floor set
-    by the injected noise and patches;
-    resid_mean/std_pct: point-to-point residual input - reconstruction over all pixels, in %;
-    log_age, mh, av: bias (mean of predicted - true), scatter (std), rmse, and the Pearson r; the true
-    log age and [M/H] are light-weighted over the stored (unclipped) weights; av_accuracy: exact class,
-    av_within_0p1: |error| <= 0.1 mag.
+
+def synthetic_predictions(model: GalProTE, trainset_path, splits=("test", "test_unseen"), *,
+                          batch_size: int = 1024, limit: int | None = None, frac: float = 0.05,
+                          block: int = 8192) -> dict:
+    """Predict the synthetic splits once and keep what the metrics and the figures need, per split:
+
+    per spectrum (arrays [n], names in ``PER_SPECTRUM``): predicted and true light-weighted log age
+    and [M/H] (the truth over the stored, unclipped weights), A_V (mag), pct_mse = 100 x mean((input -
+    reconstruction)^2) over the kept pixels (spectra median-normalised), pct_mse_truth = the same for
+    the reconstruction from the *true* weights and A_V (the floor set by the injected noise and
+    patches), and the Gaussian noise level of the spectrum; pooled over all pixels: ``resid_sum``,
+    ``resid_sq``, ``n_points`` and the histogram ``resid_hist`` of 100 x (input - reconstruction) on
+    ``RESID_EDGES_PCT`` with ``resid_below`` / ``resid_above`` outside it.
     """
     import h5py
 
@@ -204,7 +212,9 @@ def synthetic_metrics(model: GalProTE, trainset_path, splits=("test", "test_unse
         with h5py.File(trainset_path, "r") as h5:
             g = h5[split]
             n = g["spectra"].shape[0] if limit is None else min(limit, g["spectra"].shape[0])
-            acc = {k: [] for k in ("pct_mse", "pct_mse_truth", "age", "age_t", "mh", "mh_t", "av", "av_t")}
+            acc = {k: [] for k in PER_SPECTRUM}
+            hist = np.zeros(RESID_EDGES_PCT.size - 1, np.int64)
+            below = above = 0
             r_sum = r_sq = 0.0
             for lo in range(0, n, block):
                 hi = min(lo + block, n)
@@ -212,35 +222,136 @@ def synthetic_metrics(model: GalProTE, trainset_path, splits=("test", "test_unse
                 w_true = g["weights"][lo:hi]
                 av_true = g["av"][lo:hi]
                 w_pred, av_pred = predict(model, x, batch_size, frac=frac)
-                rec = reconstruct(templates, w_pred, av_pred, rv=rv)
-                res = x.astype(np.float64) - rec
-                acc["pct_mse"].append(100 * (res**2).mean(axis=1))
+                res = x.astype(np.float64) - reconstruct(templates, w_pred, av_pred, rv=rv)
                 floor = x.astype(np.float64) - reconstruct(templates, w_true, av_true, rv=rv)
+                acc["pct_mse"].append(100 * (res**2).mean(axis=1))
                 acc["pct_mse_truth"].append(100 * (floor**2).mean(axis=1))
                 r_sum += res.sum()
                 r_sq += (res**2).sum()
-                a_p, m_p = light_weighted(w_pred, log_age, mh)
-                a_t, m_t = light_weighted(w_true, log_age, mh)
-                acc["age"].append(a_p), acc["age_t"].append(a_t), acc["mh"].append(m_p), acc["mh_t"].append(m_t)
-                acc["av"].append(av_pred), acc["av_t"].append(av_true)
+                pct = 100 * res.ravel()
+                hist += np.histogram(pct, RESID_EDGES_PCT)[0]
+                below += int((pct < RESID_EDGES_PCT[0]).sum())
+                above += int((pct > RESID_EDGES_PCT[-1]).sum())
+                for name, (a, m) in (("pred", light_weighted(w_pred, log_age, mh)),
+                                     ("true", light_weighted(w_true, log_age, mh))):
+                    acc[f"log_age_{name}"].append(a)
+                    acc[f"mh_{name}"].append(m)
+                acc["av_pred"].append(av_pred)
+                acc["av_true"].append(av_true)
+                acc["noise_level"].append(g["noise_level"][lo:hi])
+        p = {k: (np.concatenate(v).astype(np.float64) if v else np.zeros(0)) for k, v in acc.items()}
+        p.update(n=int(n), n_points=int(n * templates.mask.sum()), resid_sum=float(r_sum), resid_sq=float(r_sq),
+                 resid_hist=hist, resid_below=below, resid_above=above)
+        out[split] = p
+    return out
+
+
+def metrics_from_predictions(predictions: dict) -> dict:
+    """`synthetic_predictions` (per split) -> the scores of `synthetic_metrics`."""
+    out = {}
+    for split, p in predictions.items():
+        n = p["n"]
         if n == 0:
             out[split] = {"n": 0}
             continue
-        a = {k: np.concatenate(v).astype(np.float64) for k, v in acc.items()}
-        n_pts = n * templates.mask.sum()
-        r_mean = r_sum / n_pts
+        r_mean = p["resid_sum"] / p["n_points"]
         m = {"n": int(n),
-             "pct_mse_mean": float(a["pct_mse"].mean()), "pct_mse_std": float(a["pct_mse"].std()),
-             "pct_mse_truth_mean": float(a["pct_mse_truth"].mean()),
-             "resid_mean_pct": float(100 * r_mean), "resid_std_pct": float(100 * np.sqrt(r_sq / n_pts - r_mean**2))}
-        for key in ("age", "mh", "av"):
-            name = {"age": "log_age", "mh": "mh", "av": "av"}[key]
-            m[name] = {**_stats(a[key] - a[f"{key}_t"]), "r": _corr(a[key], a[f"{key}_t"])}
-        d_av = a["av"] - a["av_t"]
+             "pct_mse_mean": float(p["pct_mse"].mean()), "pct_mse_std": float(p["pct_mse"].std()),
+             "pct_mse_truth_mean": float(p["pct_mse_truth"].mean()),
+             "resid_mean_pct": float(100 * r_mean),
+             "resid_std_pct": float(100 * np.sqrt(p["resid_sq"] / p["n_points"] - r_mean**2))}
+        for name in ("log_age", "mh", "av"):
+            pred, true = p[f"{name}_pred"], p[f"{name}_true"]
+            m[name] = {**_stats(pred - true), "r": _corr(pred, true)}
+        d_av = p["av_pred"] - p["av_true"]
         m["av_accuracy"] = float((np.abs(d_av) < 1e-3).mean())
         m["av_within_0p1"] = float((np.abs(d_av) < 0.1 + 1e-3).mean())
         out[split] = m
     return out
+
+
+def synthetic_metrics(model: GalProTE, trainset_path, splits=("test", "test_unseen"), **kwargs) -> dict:
+    """Scores of ``model`` on synthetic splits, per split (keyword arguments: `synthetic_predictions`):
+
+    pct_mse_mean/std: per-spectrum 100 x mean((input - reconstruction)^2) (spectra median-normalised);
+    pct_mse_truth_mean: the same for the reconstruction from the *true* weights and A_V: the floor set
+    by the injected noise and patches;
+    resid_mean/std_pct: point-to-point residual input - reconstruction over all pixels, in %;
+    log_age, mh, av: bias (mean of predicted - true), scatter (std), rmse, and the Pearson r; the true
+    log age and [M/H] are light-weighted over the stored (unclipped) weights; av_accuracy: exact class,
+    av_within_0p1: |error| <= 0.1 mag.
+    """
+    return metrics_from_predictions(synthetic_predictions(model, trainset_path, splits, **kwargs))
+
+
+PREDICTIONS_FORMAT = "specfm.galaxies.synthetic_predictions/1"
+
+
+def write_predictions(path, predictions: dict, *, log_age, mh, av_levels) -> None:
+    """`synthetic_predictions` -> HDF5 (one group per split; byte-identical for identical input)."""
+    import h5py
+
+    from specfm.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", libver="earliest", track_order=False) as h5:
+            h5.attrs["format"] = PREDICTIONS_FORMAT
+            for name, value in (("log_age", log_age), ("mh", mh), ("av_levels", av_levels),
+                                ("resid_edges_pct", RESID_EDGES_PCT)):
+                h5.attrs[name] = np.asarray(value, float)
+            for split, p in predictions.items():
+                g = h5.create_group(split, track_order=False)
+                for key, value in p.items():
+                    if isinstance(value, np.ndarray):
+                        g.create_dataset(key, data=value, track_times=False)
+                    else:
+                        g.attrs[key] = value
+
+
+def read_predictions(path) -> tuple[dict, dict]:
+    """(predictions per split as `synthetic_predictions` returns them, grid axes {log_age, mh, av_levels,
+    resid_edges_pct})."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        if h5.attrs.get("format") != PREDICTIONS_FORMAT:
+            raise ValueError(f"{path}: not a synthetic predictions file ({h5.attrs.get('format')!r})")
+        axes = {k: np.asarray(h5.attrs[k]) for k in ("log_age", "mh", "av_levels", "resid_edges_pct")}
+        out = {}
+        for split, g in h5.items():
+            p = {k: g[k][()] for k in g}
+            p.update({k: (v.item() if isinstance(v, np.generic) else v) for k, v in g.attrs.items()})
+            out[split] = p
+    return out, axes
+
+
+ABLATION_KEYS = ("log_age", "mh", "av")
+
+
+def ablation_table(records: dict, *, chosen: str, budget: dict) -> dict:
+    """Attention variants (name -> metrics record of `steps.train_model`) -> one comparison record.
+
+    ``table``: per variant and split, the scatter of log age, [M/H] and A_V, the A_V class accuracy
+    and the mean % MSE, plus the best validation grid loss and the parameter count, so the variants
+    read side by side; ``records``: the full metrics of each variant. ``chosen``: the design the main
+    model uses; ``budget``: the training settings every variant shared (the same training set and seed).
+    """
+    table = {}
+    for name, rec in records.items():
+        row = {"best_val_grid_loss": rec["training"]["best_val_loss"], "epochs_run": rec["training"]["epochs_run"],
+               "n_params": rec["training"]["n_params"], "train_seconds": rec["training"]["seconds"]}
+        for split, m in rec["synthetic"].items():
+            if not m.get("n"):
+                continue
+            row[split] = {**{f"{k}_scatter": m[k]["scatter"] for k in ABLATION_KEYS},
+                          **{f"{k}_bias": m[k]["bias"] for k in ABLATION_KEYS},
+                          "av_accuracy": m["av_accuracy"], "pct_mse_mean": m["pct_mse_mean"]}
+        table[name] = row
+    if chosen not in table:
+        raise ValueError(f"the chosen attention {chosen!r} is not among the ablation variants {sorted(table)}")
+    return {"what": "GalProTE attention-context ablation: the same training set, seed and budget per variant; "
+                    "metrics on the synthetic test splits (specfm.galaxies.model docstring)",
+            "chosen": chosen, "budget": budget, "table": table, "records": records}
 
 
 def _corr(a, b) -> float:
