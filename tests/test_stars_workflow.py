@@ -48,3 +48,24 @@ def test_tiny_stars_chain_on_real_apogee_xp_stars(tmp_path):
         png = wf / f"results/stars/figures/apogee_xp_{name}.png"
         assert png.stat().st_size > 10_000, name
     assert np.isfinite([teff["zscore_std"], teff["nmad"]]).all()
+
+
+def test_a_target_cone_is_predicted_by_the_trained_samples_ensemble(tmp_path):
+    """Dry run: a cone (targets sample) goes fetch -> features -> predict with apogee_xp's members,
+    and a targets sample without `model` is refused before any job."""
+    wf = copy_workflow(tmp_path / "wf")
+    (wf / "config/m67.yaml").write_text(
+        "stars:\n  samples:\n    m67: {kind: targets, ra: 132.846, dec: 11.814, radius: 0.5, model: apogee_xp}\n")
+    cmd = [f"{BIN}/snakemake", "-n", "results/stars/m67_predictions.parquet", "--configfile",
+           "config/config.yaml", "config/m67.yaml"]
+    proc = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "stars_archive_cone" in out and "resources/stars/m67/raw/cone.parquet" in out
+    assert "results/interim/stars/m67/features/cone.parquet" in out
+    assert "results/models/stars/apogee_xp_member1.pt" in out and "m67_member" not in out
+
+    (wf / "config/m67.yaml").write_text(
+        "stars:\n  samples:\n    m67: {kind: targets, ra: 132.846, dec: 11.814, radius: 0.5}\n")
+    proc = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "stars.samples.m67.model" in proc.stdout + proc.stderr

@@ -97,6 +97,15 @@ def _check_references(config: dict[str, Any]) -> None:
                 need(entry["source"], sources, f"{system}.samples.{name}.source", "source")
         for name in block.get("build", []):
             need(name, samples, f"{system}.build", "sample")
+    stars = config.get("stars", {}).get("samples", {})
+    for name, entry in stars.items():
+        if entry.get("kind") == "targets":
+            key = f"stars.samples.{name}.model"
+            if "model" not in entry:
+                raise ConfigError(f"config key '{key}': required for kind 'targets' (the trained sample whose ensemble predicts)")
+            need(entry["model"], stars, key, "sample")
+            if stars[entry["model"]].get("kind") == "targets":
+                raise ConfigError(f"config key '{key}': '{entry['model']}' is a targets sample, which has no trained ensemble")
 
 
 def load(*paths: str | Path) -> dict[str, Any]:

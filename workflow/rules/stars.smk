@@ -8,12 +8,18 @@ STARS = config["stars"]
 STARS_FIGURES = ("residuals", "kiel", "alpha_fe", "age_metallicity", "zscores", "reconstruction")
 
 
+def stars_trained(sample):
+    """The sample whose ensemble predicts `sample`: itself, or a targets sample's `model`."""
+    spec = STARS["samples"][sample]
+    return spec["model"] if spec["kind"] == "targets" else sample
+
+
 def stars_targets():
-    return [
-        f"results/stars/{sample}_{product}"
-        for sample in STARS["build"]
-        for product in ("predictions.parquet", "metrics.json")
-    ] + [f"results/bench/stars_{b}_{sample}.json" for sample in STARS["build"] for b in ("features", "train")]
+    """Catalogues of every built sample; metrics and benchmarks for the trained ones."""
+    trained = [s for s in STARS["build"] if stars_trained(s) == s]
+    return [f"results/stars/{s}_predictions.parquet" for s in STARS["build"]] + [
+        f"results/stars/{s}_metrics.json" for s in trained
+    ] + [f"results/bench/stars_{b}_{s}.json" for s in trained for b in ("features", "train")]
 
 
 def stars_parts(sample):
@@ -44,10 +50,9 @@ def stars_reservoirs(wildcards):
 
 
 def stars_members(wildcards):
-    return [
-        f"results/models/stars/{wildcards.sample}_member{m}.pt"
-        for m in range(STARS["ensemble_size"])
-    ]
+    """The ensemble members that predict a sample (a targets sample borrows its model's)."""
+    trained = stars_trained(wildcards.sample)
+    return [f"results/models/stars/{trained}_member{m}.pt" for m in range(STARS["ensemble_size"])]
 
 
 def stars_stage_settings(stage):
