@@ -110,6 +110,12 @@ def relation_figure(test: pd.DataFrame, out, x: str, y: str, color: str | None, 
         ok = np.isfinite(xs) & np.isfinite(ys)
         if ok.any():
             c = test[fmt.format(color)].to_numpy()[ok] if color else None
+            if c is not None:  # stars without a colour value (e.g. hot stars lack [Fe/H]) in grey
+                grey = ~np.isfinite(c)
+                ax.scatter(xs[ok][grey], ys[ok][grey], s=2, c="0.6", rasterized=True,
+                           label=f"no {TITLES[color]} ({grey.sum()})")
+                if grey.any():
+                    ax.legend(fontsize=7, loc="lower left", markerscale=3)
             sc = ax.scatter(xs[ok], ys[ok], c=c, s=2, cmap="plasma", rasterized=True)
             if color is not None:
                 fig.colorbar(sc, ax=ax, label=TITLES[color])
