@@ -508,7 +508,8 @@ def test_archive_and_targets_rules_run_against_the_local_archive(tmp_path):
         overlay = {"stars": {
             "healpix_level": LEVEL,
             "samples": {"sky": {"kind": "archive", "pixels": [HPX]},
-                        "cluster": {"kind": "targets", "ra": 10.5, "dec": -4.5, "radius": 0.3}},
+                        "cluster": {"kind": "targets", "ra": 10.5, "dec": -4.5, "radius": 0.3,
+                                    "model": "sky"}},
             "archive": {"gaia": {"url": srv.gaia_url, "crossmatches": ["tmass"], "socket_timeout": 10},
                         "skymapper": {"url": srv.tap_url("skymapper")}, "xp_bulk": {"enabled": False},
                         "retry": {"retries": 1, "backoff": 0.01, "timeout": 20, "poll": 0.02}}}}
