@@ -93,12 +93,22 @@ def _in_range(table, query):
     return table[(sid >= lo) & (sid <= hi)]
 
 
+# The archive only has data for partition HPX: a query for any other source_id range gets an error.
+RANGE = f"BETWEEN {LO} AND {HI}"
+
+
 def gaia_answer(query):
+    if RANGE not in query:
+        return Fail(f"no data for this source_id range: {query[:200]}")
     if "gaiadr3.gaia_source" in query:
-        return _in_range(gaia_table(), query)
+        return REPLIES["gaia_source"]
     if "tmass_psc_xsc_best_neighbour" in query:
-        return _in_range(tmass_table(), query)
+        return REPLIES["tmass"]
     return Fail(f"table not in this archive: {query[:40]}")
+
+
+def skymapper_answer(query):
+    return REPLIES["skymapper"] if RANGE in query and "dr4.master" in query else Fail(f"no data: {query[:200]}")
 
 
 @pytest.fixture
@@ -197,11 +207,12 @@ def test_datalink_xp_through_load_data(tmp_path, monkeypatch):
     ids = _ids(3)
     bp, rp = rng.normal(size=(3, 55)), rng.normal(size=(3, 55))
     requests = []
+    reply = {"XP_CONTINUOUS_RAW.xml": votable_bytes(Table({"source_id": ids, "bp_coefficients": bp,
+                                                          "rp_coefficients": rp}))}
 
     def datalink(params):
         requests.append(params)
-        t = Table({"source_id": ids, "bp_coefficients": bp, "rp_coefficients": rp})
-        return {"XP_CONTINUOUS_RAW.xml": votable_bytes(t)}
+        return reply
 
     with TapServer(gaia_answer, datalink=datalink) as srv:
         client, _ = _client(srv)
@@ -240,9 +251,14 @@ def skymapper_table():
     })
 
 
+# Replies are serialized once, here in the test's thread, never in the server's (tests/tap_server.py).
+REPLIES = {name: votable_bytes(_in_range(table, RANGE)) for name, table in
+           (("gaia_source", gaia_table()), ("tmass", tmass_table()), ("skymapper", skymapper_table()))}
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_skymapper_through_pyvo_with_thesis_cuts(mode):
-    with TapServer(lambda q: _in_range(skymapper_table(), q)) as srv:
+    with TapServer(skymapper_answer) as srv:
         settings = S.SkyMapperSettings(url=srv.tap_url("skymapper"), mode=mode)
         frame = S.fetch_partition(HPX, LEVEL, settings=settings, policy=FAST)
         (query,) = srv.queries()
@@ -434,7 +450,7 @@ def test_partition_end_to_end_merge_and_atomic_write(tmp_path):
     labels = tmp_path / "labels.parquet"
     L.combine({"galah": L._empty_labels(_ids(6)[[2]]).assign(teff=5000.0, teff_err=80.0)}).to_parquet(labels)
     out = tmp_path / "raw" / "hpx17.parquet"
-    with TapServer(gaia_answer) as srv, TapServer(lambda q: _in_range(skymapper_table(), q)) as sm:
+    with TapServer(gaia_answer) as srv, TapServer(skymapper_answer) as sm:
         client, _ = _client(srv)
         cfg = {"gaia": {"crossmatches": ["tmass"]}, "retry": vars(FAST),
                "skymapper": {"url": sm.tap_url("skymapper")}}
@@ -491,18 +507,19 @@ def test_archive_and_targets_rules_run_against_the_local_archive(tmp_path):
     wf = copy_workflow(tmp_path / "wf")
     ids = _ids(6)
 
+    cone = votable_bytes(_in_range(gaia_table(), RANGE)[:3])
+    cone_xp = {"XP_RAW.xml": votable_bytes(Table({"source_id": ids[:3], "bp_coefficients": np.ones((3, 55)),
+                                                 "rp_coefficients": np.full((3, 55), 2.0)}))}
+
     def answer(query):
         if "CONTAINS" in query:
-            return _in_range(gaia_table(), f"BETWEEN {LO} AND {HI}")[:3]
-        if "gaia_source" in query or "best_neighbour" in query:
-            return gaia_answer(query)
-        return _in_range(skymapper_table(), query)
+            return cone
+        if "tmass_psc_xsc_best_neighbour" in query and RANGE not in query:
+            return REPLIES["tmass"]  # the cone's crossmatch asks for its id span, then keeps its ids
+        return skymapper_answer(query) if "dr4.master" in query else gaia_answer(query)
 
     def datalink(params):
-        got = [int(s) for s in params["ID"].split(",")]
-        return {"XP_RAW.xml": votable_bytes(Table({"source_id": np.array(got, np.int64),
-                                                   "bp_coefficients": np.ones((len(got), 55)),
-                                                   "rp_coefficients": np.full((len(got), 55), 2.0)}))}
+        return cone_xp if params["ID"] == ",".join(map(str, ids[:3])) else Fail(f"unexpected ids {params['ID']}")
 
     with TapServer(answer, datalink=datalink) as srv:
         overlay = {"stars": {
@@ -526,4 +543,5 @@ def test_archive_and_targets_rules_run_against_the_local_archive(tmp_path):
     cone = pq.read_table(wf / targets[1]).to_pandas()
     assert cone["source_id"].tolist() == ids[:3].tolist()  # no cuts on targets
     assert (cone[C.XP_BP] == 1.0).all().all() and (cone[C.XP_RP] == 2.0).all().all()
+    assert cone["tmass_j"].tolist()[0] == 10.0 and np.isnan(cone["tmass_j"].tolist()[1])  # only cone ids kept
     assert "gaia_source rows 6" in (wf / f"logs/stars/sky/archive_hpx{HPX}.log").read_text()

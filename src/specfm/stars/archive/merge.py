@@ -96,12 +96,12 @@ def merge_partition(gaia: pd.DataFrame, *, crossmatch: dict[str, pd.DataFrame] |
         log.info("%s: %s: %d rows in, %d after cleaning, %d matched to Gaia rows", what, name, n_in,
                  len(frame), matched)
     out["healpix"] = C.healpix_from_source_id(out["source_id"].to_numpy(np.int64), healpix_level)
-    for col in OUTPUT_COLUMNS:
-        if col not in out:
-            out[col] = None if col == "label_survey" else np.nan
-    out = out[OUTPUT_COLUMNS].sort_values("source_id", kind="stable").reset_index(drop=True)
+    out = out.reindex(columns=OUTPUT_COLUMNS)  # absent surveys/labels: all-NaN columns, added at once
+    out = out.sort_values("source_id", kind="stable").reset_index(drop=True)
     numeric = [c for c in OUTPUT_COLUMNS if c not in ("source_id", "healpix", "label_survey")]
     out[numeric] = out[numeric].astype(float)
+    survey = out["label_survey"].astype(object)
+    out["label_survey"] = survey.where(survey.notna(), None)
     if len(gaia) != len(out):
         raise AssertionError(f"{what}: joins changed the row count {len(gaia)} -> {len(out)}")
     return out
