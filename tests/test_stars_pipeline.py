@@ -299,3 +299,13 @@ def test_nan_coefficients_are_missing_values_not_dropped_rows(tmp_path):
     assert counts["rows_out"] == 100
     assert table["bp_7"].isna().sum() >= 10 and not table.loc[:9, "has_xp"].any()
     assert table.loc[:9, "bp_8"].notna().sum() == raw.loc[raw.index[:10], "bp_8"].notna().sum()
+
+
+def test_feature_benchmark_writes_throughput_and_peak_memory_per_size(tmp_path):
+    from specfm.stars.bench import bench_features
+
+    out = tmp_path / "bench.json"
+    result = bench_features([1000, 3000], out, chunk_rows=500)
+    assert json.loads(out.read_text()) == result
+    assert [r["rows"] for r in result["runs"]] == [1000, 3000]
+    assert all(r["rows_per_second"] > 0 and r["peak_rss_mb"] > 50 for r in result["runs"])

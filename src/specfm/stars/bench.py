@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import platform
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +55,8 @@ def replicated_chunks(template: pd.DataFrame, n_rows: int, chunk_rows: int):
         copy += 1
 
 
-def _features_child(template_path, n_rows, chunk_rows, queue):
+def _features_child(template_path, n_rows: int, chunk_rows: int) -> dict:
+    """Runs in its own interpreter (see bench_features): build n_rows, report time and peak RSS."""
     from .features import build_features
 
     template = pd.read_parquet(template_path)
@@ -64,8 +66,8 @@ def _features_child(template_path, n_rows, chunk_rows, queue):
                                 Path(d) / "s.json", reservoir=100_000)
         seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
-    queue.put({"rows": counts["rows_out"], "seconds": round(seconds, 2),
-               "rows_per_second": round(counts["rows_out"] / seconds, 1), "peak_rss_mb": round(peak_mb, 1)})
+    return {"rows": counts["rows_out"], "seconds": round(seconds, 2),
+            "rows_per_second": round(counts["rows_out"] / seconds, 1), "peak_rss_mb": round(peak_mb, 1)}
 
 
 def bench_features(rows: list[int], out, *, raw: str | None = None, chunk_rows: int = 8192) -> dict:
@@ -79,13 +81,13 @@ def bench_features(rows: list[int], out, *, raw: str | None = None, chunk_rows: 
             source = "random values in the contract's columns (synthetic)"
         template.to_parquet(template_path)
         runs = []
-        ctx = mp.get_context("spawn")  # a fresh interpreter per size: peak RSS is that size's own
-        for n in rows:
-            q = ctx.Queue()
-            p = ctx.Process(target=_features_child, args=(str(template_path), n, chunk_rows, q))
-            p.start()
-            runs.append(q.get())
-            p.join()
+        for n in rows:  # a fresh interpreter per size: its peak RSS is that size's own
+            proc = subprocess.run([sys.executable, "-m", "specfm.stars.bench", "features-child",
+                                   str(template_path), str(n), str(chunk_rows)],
+                                  capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"feature benchmark at {n} rows failed:\n{proc.stderr[-2000:]}")
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     result = {"benchmark": "stars feature build (streamed)", "template": source,
               "chunk_rows": chunk_rows, "runs": runs, "machine": _machine()}
     write_json_atomic(out, result)
@@ -147,7 +149,14 @@ def main(argv=None) -> None:
     t.add_argument("--config", default="config/config.yaml")
     t.add_argument("--seconds", type=float, default=60.0)
     t.add_argument("--out", default="results/bench/stars_train.json")
+    c = sub.add_parser("features-child", help=argparse.SUPPRESS)
+    c.add_argument("template")
+    c.add_argument("rows", type=int)
+    c.add_argument("chunk_rows", type=int)
     args = ap.parse_args(argv)
+    if args.what == "features-child":
+        print(json.dumps(_features_child(args.template, args.rows, args.chunk_rows)))
+        return
     if args.what == "features":
         res = bench_features(args.rows, args.out, raw=args.raw)
     else:
