@@ -256,3 +256,10 @@ def test_split_dataset_lazy_matches_memory(trainset):
     for i in (0, len(mem) - 1):
         for a, b in zip(lazy[i], mem[i]):
             assert torch.equal(a, b)
+
+
+def test_a_size_factor_too_small_for_the_grid_is_a_named_error(grid, tmp_path):
+    path = tmp_path / "empty.h5"
+    with pytest.raises(ValueError, match=r"empty.h5: size_factor 1e-06 .* raise galaxies.trainset.size_factor"):
+        build_training_set(grid, path, seed=3, progress=False, **{**TINY, "size_factor": 1e-6})
+    assert not path.exists()

@@ -330,6 +330,10 @@ def build_training_set(templates: TemplateGrid, out_path, *, size_factor: float 
     unseen = (draw_base(n_t, unseen_rows, recipe.n_av, np.random.default_rng(seeds["unseen"]),
                         held=True, fraction=frac, salt=salt) if frac > 0 else None)
     counts = split_counts(n_t, recipe)
+    empty = [k for k, v in counts.items() if v == 0 and (k != "test_unseen" or frac > 0)]
+    if empty:  # h5py cannot chunk an empty dataset, and an empty split is useless anyway
+        raise ValueError(f"{out_path}: size_factor {recipe.size_factor} with {n_t} templates leaves "
+                         f"no {', '.join(empty)} spectra ({counts}); raise galaxies.trainset.size_factor")
     sub_rng = np.random.default_rng(seeds["subsets"])
     index = {
         "train": np.arange(len(base)),
