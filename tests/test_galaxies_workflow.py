@@ -65,11 +65,11 @@ def test_tiny_galaxies_chain_recovers_the_mock_truth(tmp_path):
     assert metrics["speed_ratio"] == speed["ppxf_seconds_per_spectrum"] / speed["model_seconds_per_spectrum"]
     for fig in ("panels", "running", "residuals"):
         assert (wf / f"results/galaxies/figures/mockgal_{fig}.png").stat().st_size > 10_000
-    # synthetic evaluation (paper Figs 8-12) and the attention ablation (tiny: none vs patch, 1 epoch)
+    # synthetic evaluation (paper Figs 8-12) and the attention ablation (tiny: none vs global, 1 epoch)
     for fig in SYNTHETIC[1:]:
         assert (wf / fig).stat().st_size > 10_000, fig
     ablation = json.loads((wf / ABLATION).read_text())
-    assert ablation["chosen"] == "patch" and set(ablation["table"]) == {"none", "patch"}
+    assert ablation["chosen"] == "global" and set(ablation["table"]) == {"none", "global"}
     assert ablation["budget"]["epochs"] == 1 and all(r["epochs_run"] == 1 for r in ablation["table"].values())
     synthetic = json.loads((wf / "results/galaxies/synthetic_metrics.json").read_text())
-    assert synthetic["see_also"] == {"ablation": ABLATION} and synthetic["model"]["attention"] == "patch"
+    assert synthetic["see_also"] == {"ablation": ABLATION} and synthetic["model"]["attention"] == "global"

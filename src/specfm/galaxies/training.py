@@ -122,7 +122,8 @@ def load_galprote(path, map_location="cpu") -> tuple[GalProTE, dict]:
     state, metadata = load_final(path, map_location=map_location)
     if metadata.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a GalProTE model ({metadata.get('format')!r})")
-    cfg = GalProTEConfig(**{k: (tuple(v) if k == "kernels" else v) for k, v in metadata["config"].items()})
+    arch = {"attention": "patch", **metadata["config"]}  # files written before the option had patch contexts
+    cfg = GalProTEConfig(**{k: (tuple(v) if k == "kernels" else v) for k, v in arch.items()})
     model = GalProTE(cfg, metadata["log_age"], metadata["mh"], metadata["av_levels"])
     model.load_state_dict(state)
     return model.eval(), metadata
