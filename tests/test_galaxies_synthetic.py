@@ -56,6 +56,22 @@ def test_attention_variants_shapes_and_parameters():
         tiny_model("pixel")
 
 
+def test_model_files_without_the_attention_option_load_as_patch(tmp_path):
+    """Models written before `attention` existed had patch contexts; they must load as such."""
+    from specfm.galaxies.training import MODEL_FORMAT, load_galprote
+    from specfm.train import save_final
+
+    model = tiny_model("patch")
+    config = {k: v for k, v in model.cfg.to_dict().items() if k != "attention"}
+    axes = {k: getattr(model, k).tolist() for k in ("log_age", "mh", "av_levels")}
+    save_final(model, tmp_path / "old.pt", {"format": MODEL_FORMAT, "config": config, **axes})
+    loaded, _ = load_galprote(tmp_path / "old.pt")
+    assert loaded.cfg.attention == "patch"
+    x = 1 + 0.1 * torch.randn(2, 876)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], model(x)[0])
+
+
 def test_no_attention_block_sees_the_bare_spectrum():
     """attention='none' feeds the spectrum itself to the convolution; 'patch' adds a non-zero context."""
     x = 1 + 0.1 * torch.randn(3, 876)
