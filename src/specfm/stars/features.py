@@ -187,7 +187,7 @@ def build_partition(chunks: Iterable[tuple[str, pd.DataFrame]], table_out, reser
     per chunk) and its training-split reservoir into `reservoir_out` (.npz). Returns row counts.
 
     Duplicates across chunks are caught too (a source_id seen before is dropped and counted);
-    the sorted array of seen ids is the only state that grows with the input (8 bytes per star).
+    the seen ids (SeenIds: sorted int64 runs) are the only state that grows with the input (8 bytes per star).
     At full scale a partition is one HEALPix pixel (~20k stars at level 5), and a source_id
     belongs to exactly one pixel, so no duplicate can hide in another partition.
     """
