@@ -72,8 +72,9 @@ def predict_catalogue(features, member_paths, out, *, batch: int = 8192) -> dict
     hide_plx = [idx["parallax"]]
     plx = C.LABELS.index("parallax_label")
     n_rows, writer = 0, None
-    groups = [(pq.ParquetFile(p), g) for p in feature_files(features)
-              for g in range(pq.ParquetFile(p).num_row_groups)]
+    # one open file at a time: a full-sky sample has 12,288 partitions
+    groups = ((pf, g) for path in feature_files(features)
+              for pf in (pq.ParquetFile(path),) for g in range(pf.num_row_groups))
     with atomic_path(out) as tmp:
         try:
             for pf, g in groups:
