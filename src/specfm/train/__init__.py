@@ -9,7 +9,7 @@ from .checkpoint import (checkpoint_dir_for, load_final, load_latest, save_check
 from .device import choose_device
 from .distributed import (barrier, cleanup, init_distributed, is_main_process,
                           maybe_relaunch_with_torchrun, rank, world_size)
-from .logs import setup_logging
+from specfm.logs import setup_logging
 from .loop import EXIT_PREEMPTED, FitResult, Preempted, evaluate, fit
 from .stream import ParquetBatchStream, arrays_from_columns
 from .seeding import get_rng_state, make_generator, seed_everything, set_rng_state

@@ -33,7 +33,7 @@ from .checkpoint import BEST, LAST, load_latest, save_checkpoint, unwrap
 from .data import EpochSampler, batch_len, make_loader, shard, to_device
 from .device import choose_device
 from .distributed import is_distributed, rank, world_size
-from .logs import LOGGER
+from specfm.logs import LOGGER
 from .stream import ParquetBatchStream
 from .seeding import get_rng_state, make_generator, seed_everything, set_rng_state
 
