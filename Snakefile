@@ -23,8 +23,15 @@ include: "workflow/rules/emulator.smk"
 include: "workflow/rules/report.smk"
 
 
+RUN_START = time.time()
+
+
+onsuccess:
+    print_fresh_summary(RUN_START)
+
+
 rule demo:
-    """The embedded default: built offline from registry data, in minutes on a 2-core laptop."""
+    """Every system end to end on the embedded default, offline, with the report: minutes on a laptop."""
     default_target: True
     input:
         demo_targets(),

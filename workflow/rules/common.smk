@@ -1,8 +1,10 @@
 # Shared helpers: config validation, paths, resources. Named functions, not lambdas, so each
 # can be read and tested on its own.
 
+import glob
 import os
 import sys
+import time
 
 from specfm import config as specfm_config
 from specfm import seeds as specfm_seeds
@@ -62,10 +64,25 @@ def pending(issue):
     return {"issue": issue}
 
 
-def demo_targets():
-    """What `demo` builds: the offline embedded default."""
+BENCH_DIR = "results/bench/rules"
+
+
+def rule_bench(name):
+    """The benchmark file of a job (`name` may hold wildcards); results/bench/demo_time.json sums them."""
+    return f"{BENCH_DIR}/{name}.tsv"
+
+
+def stage_targets():
+    """Every system's products for this config: the demo's template sets and each stage's chain."""
     sets = config["demo"]["galaxies_templates"]
     return [
         *[f"results/interim/galaxies/templates_{t}.h5" for t in sets],
         *[f"results/galaxies/figures/templates_{t}.png" for t in sets],
+        *galaxies_demo_targets(),
+        *stars_demo_targets(),
     ]
+
+
+def demo_targets():
+    """What `demo` builds: every stage end to end, its time per stage, the report and summary."""
+    return [*stage_targets(), DEMO_TIME, REPORT_HTML, REPORT_SUMMARY]

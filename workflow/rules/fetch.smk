@@ -24,6 +24,8 @@ for _name, _source in SOURCES.items():
             fetch=config["fetch"],
         log:
             f"logs/fetch/{_name}.log",
+        benchmark:
+            rule_bench(f"fetch_{_name}"),
         resources:
             mem_mb=1000,
             runtime=120,
@@ -44,6 +46,8 @@ for _name, _source in SOURCES.items():
                 members=_source["members"],
             log:
                 f"logs/fetch/{_name}_unpack.log",
+            benchmark:
+                rule_bench(f"unpack_{_name}"),
             resources:
                 mem_mb=1000,
                 runtime=30,

@@ -18,6 +18,24 @@ def galaxies_targets():
     return out + ["results/bench/galaxies_speed.json"]
 
 
+def galaxies_demo_targets():
+    """The demo builds the whole galaxies chain of the configured targets."""
+    return galaxies_targets()
+
+
+def galaxies_metrics_files():
+    return [f"results/galaxies/{galaxy}_metrics.json" for galaxy in GAL["build"]]
+
+
+def galaxies_report_figures():
+    """(figure, caption) pairs for the HTML report."""
+    figs = [(f"results/galaxies/figures/{galaxy}_{kind}.png", f"workflow/report/galaxies_{kind}.rst")
+            for galaxy in GAL["build"] for kind in ("panels", "running", "residuals")]
+    figs += [(f"results/galaxies/figures/synthetic_{split}_{kind}.png", f"workflow/report/galaxies_synthetic_{kind}.rst")
+             for split in SYNTHETIC_SPLITS for kind in SYNTHETIC_KINDS]
+    return figs
+
+
 def template_manifest(wildcards):
     return manifest_path(GAL["template_sets"][wildcards.tset]["source"])
 
@@ -66,6 +84,8 @@ rule galaxies_templates_figure:
         "results/galaxies/figures/templates_{tset}.png.prov.json",
     log:
         "logs/galaxies/templates_{tset}_figure.log",
+    benchmark:
+        rule_bench("galaxies_templates_figure_{tset}"),
     resources:
         mem_mb=1000,
         runtime=5,
@@ -104,7 +124,7 @@ rule galaxies_train:
     log:
         "logs/galaxies/train.log",
     benchmark:
-        "benchmarks/galaxies/train.tsv"
+        rule_bench("galaxies_train"),
     params:
         # only what changes the model: a new runtime or memory request must not retrain it
         train={k: GAL["train"][k] for k in ("epochs", "patience", "batch_size")},
@@ -139,6 +159,8 @@ rule galaxies_synthetic_figures:
         records=[f"results/galaxies/figures/synthetic_{{split}}_{kind}.png.prov.json" for kind in SYNTHETIC_KINDS],
     log:
         "logs/galaxies/synthetic_figures_{split}.log",
+    benchmark:
+        rule_bench("galaxies_synthetic_figures_{split}"),
     wildcard_constraints:
         split="|".join(SYNTHETIC_SPLITS),
     resources:
@@ -167,6 +189,8 @@ rule galaxies_ablation_train:
         with_prov("results/galaxies/ablation/{attention}_metrics.json"),
     log:
         "logs/galaxies/ablation_{attention}.log",
+    benchmark:
+        rule_bench("galaxies_ablation_train_{attention}"),
     wildcard_constraints:
         attention="patch|global|none",
     params:
@@ -191,6 +215,8 @@ rule galaxies_ablation:
         f"{ABLATION_JSON}.prov.json",
     log:
         "logs/galaxies/ablation.log",
+    benchmark:
+        rule_bench("galaxies_ablation"),
     params:
         variants=GAL["ablation"]["attention"],
         chosen=GAL["model"]["attention"],
@@ -231,6 +257,8 @@ rule galaxies_mock_cube:
         truth_prov="results/{galaxy}_truth.fits.prov.json",
     log:
         "logs/galaxies/{galaxy}_mock.log",
+    benchmark:
+        rule_bench("galaxies_mock_cube_{galaxy}"),
     params:
         settings=mock_params,
     resources:
@@ -248,6 +276,8 @@ rule galaxies_bin:
         with_prov("results/interim/galaxies/{galaxy}_bins.h5"),
     log:
         "logs/galaxies/{galaxy}_bin.log",
+    benchmark:
+        rule_bench("galaxies_bin_{galaxy}"),
     params:
         settings=bin_params,
     resources:
@@ -266,6 +296,8 @@ rule galaxies_predict:
         with_prov("results/{galaxy}_maps.fits"),
     log:
         "logs/galaxies/{galaxy}_predict.log",
+    benchmark:
+        rule_bench("galaxies_predict_{galaxy}"),
     params:
         clip_frac=GAL["clip_frac"],
     threads: 2
@@ -287,7 +319,7 @@ rule galaxies_ppxf:
     log:
         "logs/galaxies/{galaxy}_ppxf.log",
     benchmark:
-        "benchmarks/galaxies/{galaxy}_ppxf.tsv"
+        rule_bench("galaxies_ppxf_{galaxy}"),
     params:
         degree=GAL["ppxf"]["degree"],
     threads: GAL["ppxf"]["threads"]
@@ -340,6 +372,8 @@ rule galaxies_compare:
         records=compare_records(),
     log:
         "logs/galaxies/{galaxy}_compare.log",
+    benchmark:
+        rule_bench("galaxies_compare_{galaxy}"),
     params:
         maps_units=maps_units,
     resources:
@@ -359,6 +393,8 @@ rule galaxies_bench:
         "results/bench/galaxies_speed.json",
     log:
         "logs/galaxies/bench.log",
+    benchmark:
+        rule_bench("galaxies_bench"),
     params:
         n_ppxf=GAL["bench"]["n_ppxf"],
         degree=GAL["ppxf"]["degree"],

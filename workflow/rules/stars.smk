@@ -24,6 +24,20 @@ def stars_targets():
     ] + [f"results/bench/stars_{b}_{s}.json" for s in trained for b in ("features", "train")]
 
 
+def stars_demo_targets():
+    return stars_targets()
+
+
+def stars_metrics_files():
+    return [f"results/stars/{s}_metrics.json" for s in STARS["build"] if stars_trained(s) == s]
+
+
+def stars_report_figures():
+    """(figure, caption) pairs for the HTML report."""
+    return [(f"results/stars/figures/{s}_{name}.png", f"workflow/report/stars_{name}.rst")
+            for s in STARS["build"] if stars_trained(s) == s for name in STARS_FIGURES]
+
+
 def stars_parts(sample):
     """Partition names of a sample: one per HEALPix pixel for archive samples, "all" for a library."""
     spec = STARS["samples"][sample]
@@ -103,6 +117,8 @@ rule stars_dust_sfd:
         [f"{SFD_DIR}/{name}" for name in SFD_FILES],
     log:
         "logs/stars/dust_sfd.log",
+    benchmark:
+        rule_bench("stars_dust_sfd"),
     params:
         map_dir=SFD_DIR,
         lock=config["checksum_lock"],
@@ -122,6 +138,8 @@ rule stars_scaling:
         with_prov("results/interim/stars/{sample}_scaling.json"),
     log:
         "logs/stars/{sample}_scaling.log",
+    benchmark:
+        rule_bench("stars_scaling_{sample}"),
     params:
         reservoir=STARS["features"]["reservoir"],
         seed=derived_seed("stars_scaling"),
@@ -142,7 +160,7 @@ rule stars_pretrain:
     log:
         "logs/stars/{sample}_pretrain.log",
     benchmark:
-        "benchmarks/stars/{sample}_pretrain.tsv"
+        rule_bench("stars_pretrain_{sample}"),
     params:
         stage="pretrain",
         settings=stars_stage_settings("pretrain"),
@@ -167,7 +185,7 @@ rule stars_finetune:
     log:
         "logs/stars/{sample}_member{member}.log",
     benchmark:
-        "benchmarks/stars/{sample}_member{member}.tsv"
+        rule_bench("stars_finetune_{sample}_{member}"),
     params:
         stage="finetune",
         settings=stars_stage_settings("finetune"),
@@ -190,6 +208,8 @@ rule stars_predict:
         with_prov("results/stars/{sample}_predictions.parquet"),
     log:
         "logs/stars/{sample}_predict.log",
+    benchmark:
+        rule_bench("stars_predict_{sample}"),
     resources:
         gpu=train_resources("stars", "gpu"),
         mem_mb=8000,
@@ -209,6 +229,8 @@ rule stars_bench:
         train="results/bench/stars_train_{sample}.json",
     log:
         "logs/stars/{sample}_bench.log",
+    benchmark:
+        rule_bench("stars_bench_{sample}"),
     params:
         rows=[100_000, 1_000_000],
         arch=STARS["model"],
@@ -237,6 +259,8 @@ rule stars_metrics:
         },
     log:
         "logs/stars/{sample}_metrics.log",
+    benchmark:
+        rule_bench("stars_metrics_{sample}"),
     resources:
         mem_mb=4000,
         runtime=20,
@@ -300,6 +324,8 @@ rule stars_archive_partition:
         "resources/stars/{sample}/raw/hpx{hpx}.parquet",
     log:
         "logs/stars/{sample}/archive_hpx{hpx}.log",
+    benchmark:
+        rule_bench("stars_archive_partition_{sample}_{hpx}"),
     wildcard_constraints:
         hpx=r"\d+",
     params:
@@ -324,6 +350,8 @@ rule stars_archive_cone:
         "resources/stars/{sample}/raw/cone.parquet",
     log:
         "logs/stars/{sample}/archive_cone.log",
+    benchmark:
+        rule_bench("stars_archive_cone_{sample}"),
     params:
         kind="targets",
         cuts=lambda wc: stars_archive_params(wc)["cuts"],
@@ -348,6 +376,8 @@ rule stars_archive_labels:
         "resources/stars/labels.parquet",
     log:
         "logs/stars/archive_labels.log",
+    benchmark:
+        rule_bench("stars_archive_labels"),
     params:
         priority=STARS_ARCHIVE["labels"]["priority"],
     resources:
@@ -363,6 +393,8 @@ rule stars_archive_xp_index:
         "resources/stars/xp_bulk/_MD5SUM.txt",
     log:
         "logs/stars/archive_xp_index.log",
+    benchmark:
+        rule_bench("stars_archive_xp_index"),
     params:
         url=STARS_ARCHIVE["xp_bulk"]["url"],
     resources:

@@ -118,6 +118,26 @@ def _seconds(timing: Mapping | None, name: str) -> float:
     return float("nan")
 
 
+HEADLINE_NAMES = {"LOGAGE": "log age [dex]", "MH": "[M/H] [dex]", "AV": "A_V [mag]"}
+
+
+def headline(out: Mapping) -> list[dict]:
+    """The report's rows: GalProTE's per-bin scatter against the reference, next to pPXF's (against
+    the truth for a mock), or GalProTE - pPXF scatter for a real galaxy; then the speed ratio."""
+    rows = []
+    for q, name in HEADLINE_NAMES.items():
+        if out["reference"] == "truth" and out["model"]["vs_truth"] and q in out["model"]["vs_truth"]:
+            rows.append({"metric": f"GalProTE {name} scatter vs truth", "value": out["model"]["vs_truth"][q]["scatter"],
+                         "reference": "pPXF", "reference_value": out["ppxf"]["vs_truth"][q]["scatter"],
+                         "target": None})
+        else:
+            rows.append({"metric": f"GalProTE - pPXF {name} scatter", "value": out["model_vs_ppxf"][q]["scatter"],
+                         "reference": "pPXF", "reference_value": 0.0, "target": None})
+    rows.append({"metric": "speed ratio pPXF s / GalProTE s", "value": out["speed_ratio"],
+                 "reference": "paper target", "reference_value": 1000.0, "target": 1000.0})
+    return rows
+
+
 def compare_maps(model_maps: Maps, ppxf_maps: Maps, truth=None, *, timing: Mapping | None = None,
                  published: Mapping | None = None) -> dict:
     """Metrics of the model and of pPXF (module docstring for the definitions).
@@ -153,6 +173,7 @@ def compare_maps(model_maps: Maps, ppxf_maps: Maps, truth=None, *, timing: Mappi
     s_model, s_ppxf = out["model"]["seconds_per_spectrum"], out["ppxf"]["seconds_per_spectrum"]
     out["speed_ratio"] = float(s_ppxf / s_model) if s_model > 0 else float("nan")
     out["published"] = _published_block(published, values, n_bins)
+    out["headline"] = headline(out)
     out["definitions"] = {
         "difference": "method - reference per Voronoi bin; bias = mean, scatter = std (ddof 0)",
         "residuals": "data - fit on the fitted pixels, units of the median-normalised spectrum; pooled over bins",

@@ -128,6 +128,24 @@ def predict(features, members: list[str], out, *, code_files=()) -> dict:
     return info
 
 
+# The thesis's MAE on its 220-million-star run (McKay 2025, Table 4.1), per label.
+THESIS_MAE = {"teff": 92.0, "logg": 0.075, "fe_h": 0.090}
+
+
+def headline(scores: dict) -> list[dict]:
+    """The report's rows: test-split MAE with XP against the thesis, and with XP hidden."""
+    rows = []
+    for label, thesis in THESIS_MAE.items():
+        with_xp, without = scores["with_xp"].get(label, {}), scores["without_xp"].get(label, {})
+        if with_xp.get("n"):
+            rows.append({"metric": f"{label} MAE (with XP)", "value": with_xp["mae"],
+                         "reference": "thesis", "reference_value": thesis, "target": None})
+        if without.get("n"):
+            rows.append({"metric": f"{label} MAE (XP hidden)", "value": without["mae"],
+                         "reference": "with XP", "reference_value": with_xp.get("mae"), "target": None})
+    return rows
+
+
 def evaluate(predictions, features, members: list[str], metrics_out, figures: dict, *,
              code_files=()) -> dict:
     from .evaluate import joined_test, metrics, write_figures
@@ -140,6 +158,7 @@ def evaluate(predictions, features, members: list[str], metrics_out, figures: di
               "training": {Path(m).stem: {k: saved_summary(m)[k] for k in
                                           ("epochs_run", "best_epoch", "best_val_loss",
                                            "rows_per_second", "seconds")} for m in members}}
+    result["headline"] = headline(result["scores"])
     write_json_atomic(metrics_out, result)
     write_figures(test, members[0], features, figures)
     inputs = {"predictions": predictions, **_named("features", features)}
