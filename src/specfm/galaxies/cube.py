@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,8 +135,34 @@ def check_coverage(wave_obs, redshift: float, name: str, wave_out=None) -> None:
         )
 
 
+_CD_KEY = re.compile(r"^CD([1-9])_([1-9])$")
+
+
+def check_linear_keywords(header: fits.Header, name: str, n_axes: int = 3) -> None:
+    """ValueError naming ``name`` and the keywords when wcslib would have to invent a pixel step.
+
+    With a CD matrix the FITS standard (Greisen & Calabretta 2002, Sect. 2.1.2) ignores CDELTi and
+    takes absent CDi_j as 0; an axis with no CDi_j at all makes the matrix singular and wcslib's
+    ``cdfix`` quietly sets CDi_i = 1 (1 A/px on a wavelength axis, whatever CDELTi says), which
+    `_quiet_wcs` would hide. Without a CD matrix, a spectral axis with neither CDELT3 nor CD3_3
+    would default to a step of 1.0: also refused, since no real cube means that.
+    """
+    cd = {(int(m[1]), int(m[2])): k for k in header if (m := _CD_KEY.match(str(k)))}
+    if cd:
+        for i in range(1, n_axes + 1):
+            if not any((i, j) in cd for j in range(1, n_axes + 1)):
+                cdelt = f"; CDELT{i} = {header[f'CDELT{i}']!r} is ignored when a CD matrix is given" \
+                    if f"CDELT{i}" in header else ""
+                raise ValueError(
+                    f"{name}: the WCS has a CD matrix ({', '.join(sorted(cd.values()))}) but no CD{i}_j for axis "
+                    f"{i} (CTYPE{i} = {header.get(f'CTYPE{i}', '')!r}){cdelt}: add CD{i}_{i} (the pixel step)")
+    elif n_axes >= 3 and "CDELT3" not in header:
+        raise ValueError(f"{name}: the spectral axis has no pixel step (neither CD3_3 nor CDELT3)")
+
+
 def _spectral_axis(header: fits.Header, name: str) -> np.ndarray:
-    """Wavelengths [A, air] of the cube's third axis from its WCS."""
+    """Wavelengths [A, air] of the cube's third axis from its WCS (keywords checked first)."""
+    check_linear_keywords(header, name)
     wcs = _quiet_wcs(header)
     if wcs.wcs.spec < 0:
         ctypes = [header.get(f"CTYPE{i}", "") for i in (1, 2, 3)]
