@@ -85,9 +85,10 @@ def test_a_benchmark_file_belongs_to_the_longest_matching_rule(tmp_path):
     assert rule_of(tmp_path / "galaxies_templates_emiles_ppxf.tsv", rules) == "galaxies_templates"
 
 
-def test_demo_time_without_benchmarks_is_an_error():
-    with pytest.raises(ValueError, match="no benchmark files"):
-        demo_time([], [], 1200)
+def test_demo_time_without_benchmarks_says_so_instead_of_a_number():
+    t = demo_time([], [], 1200)
+    assert t["jobs"] == 0 and t["wall_span_s"] is None and t["within_budget"] is None
+    assert "no benchmark files" in t["how"]
 
 
 def test_report_embeds_every_figure_and_refuses_a_non_png(tmp_path):
@@ -108,3 +109,11 @@ def test_report_embeds_every_figure_and_refuses_a_non_png(tmp_path):
     with pytest.raises(ValueError, match="b.png: not a PNG"):
         write_report([Section("x", "x", [], [Figure(str(bad))])], tmp_path / "r2.html")
     assert not (tmp_path / "r2.html").exists()
+
+
+def test_captions_lose_their_rst_and_jinja_markup(tmp_path):
+    from specfm.report.html import caption_text
+
+    rst = tmp_path / "c.rst"
+    rst.write_text("Maps of ``LOGAGE`` for\n{{ snakemake.wildcards.galaxy }}: `pPXF` side by side.\n")
+    assert caption_text(rst) == "Maps of LOGAGE for this galaxy: pPXF side by side."

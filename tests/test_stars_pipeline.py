@@ -349,3 +349,30 @@ def test_sfd_fills_missing_ebv_by_hemisphere_and_keeps_given_values(tmp_path):
     with pytest.raises(FileNotFoundError, match="stars_dust_sfd"):
         build_step("archive", [str(path)], tmp_path / "g.parquet", tmp_path / "g.npz", healpix_level=5,
                    chunk_rows=100, seed=0, reservoir=100, sfd_dir=tmp_path / "nowhere")
+
+
+def test_rows_per_second_after_a_resume_counts_only_this_processes_epochs():
+    from specfm.stars.training import rows_per_second
+    from specfm.train import FitResult
+
+    resumed = FitResult(best_val_loss=1.0, best_epoch=4, epochs_run=5, stopped_early=False,
+                        resumed_from=(3, 0), steps_run=20)
+    fresh = FitResult(best_val_loss=1.0, best_epoch=4, epochs_run=5, stopped_early=False,
+                      resumed_from=None, steps_run=50)
+    assert rows_per_second(100, resumed, 10.0) == 20.0  # 2 epochs of 100 rows in 10 s
+    assert rows_per_second(100, fresh, 10.0) == 50.0
+
+
+def test_stars_model_records_fingerprint_the_whole_training_package(monkeypatch):
+    """train/seeding.py decides initial weights: it must be in the stars model's code digest."""
+    from pathlib import Path
+
+    from specfm.provenance import code_digest
+    from specfm.stars.steps import MODEL_CODE
+
+    read = []
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.as_posix()) or original(self))
+    code_digest(MODEL_CODE)
+    for module in ("train/seeding.py", "train/loop.py", "train/checkpoint.py", "train/stream.py"):
+        assert any(p.endswith(module) for p in read), module

@@ -38,6 +38,19 @@ def stars_report_figures():
             for s in STARS["build"] if stars_trained(s) == s for name in STARS_FIGURES]
 
 
+def stars_sample_kind(wildcards):
+    return STARS["samples"][wildcards.sample]["kind"]
+
+
+def stars_sample_max_rows(wildcards):
+    return STARS["samples"][wildcards.sample].get("max_rows")
+
+
+def stars_member_seed(wildcards):
+    """Member m of the ensemble is seeded by m (through the master seed)."""
+    return derived_seed("stars_finetune", wildcards.member)
+
+
 def stars_parts(sample):
     """Partition names of a sample: one per HEALPix pixel for archive samples, "all" for a library."""
     spec = STARS["samples"][sample]
@@ -99,8 +112,8 @@ rule stars_features:
         part=r"[A-Za-z0-9_]+",
     cache: True
     params:
-        kind=lambda wc: STARS["samples"][wc.sample]["kind"],
-        max_rows=lambda wc: STARS["samples"][wc.sample].get("max_rows"),
+        kind=stars_sample_kind,
+        max_rows=stars_sample_max_rows,
         healpix_level=STARS["healpix_level"],
         features=STARS["features"],
         seed=derived_seed("stars_features"),
@@ -189,7 +202,7 @@ rule stars_finetune:
     params:
         stage="finetune",
         settings=stars_stage_settings("finetune"),
-        seed=lambda wc: derived_seed("stars_finetune", wc.member),
+        seed=stars_member_seed,
     threads: STARS["train"]["threads"]
     resources:
         gpu=train_resources("stars", "gpu"),
@@ -307,13 +320,22 @@ def stars_archive_inputs(wildcards):
     return inputs
 
 
-def stars_archive_params(wildcards):
+def stars_archive_cuts(wildcards):
+    """The thesis's Gaia cuts: on by default for archive samples, off for target cones."""
     spec = STARS["samples"][wildcards.sample]
-    return {
-        "kind": spec["kind"],
-        "cuts": spec.get("cuts", spec["kind"] == "archive"),
-        **{key: spec.get(key) for key in ("ra", "dec", "radius")},
-    }
+    return spec.get("cuts", spec["kind"] == "archive")
+
+
+def stars_cone_ra(wildcards):
+    return STARS["samples"][wildcards.sample]["ra"]
+
+
+def stars_cone_dec(wildcards):
+    return STARS["samples"][wildcards.sample]["dec"]
+
+
+def stars_cone_radius(wildcards):
+    return STARS["samples"][wildcards.sample]["radius"]
 
 
 rule stars_archive_partition:
@@ -329,8 +351,8 @@ rule stars_archive_partition:
     wildcard_constraints:
         hpx=r"\d+",
     params:
-        kind=lambda wc: stars_archive_params(wc)["kind"],
-        cuts=lambda wc: stars_archive_params(wc)["cuts"],
+        kind=stars_sample_kind,
+        cuts=stars_archive_cuts,
         level=STARS["healpix_level"],
         archive=STARS_ARCHIVE,
         xp_dir="resources/stars/xp_bulk",
@@ -354,10 +376,10 @@ rule stars_archive_cone:
         rule_bench("stars_archive_cone_{sample}"),
     params:
         kind="targets",
-        cuts=lambda wc: stars_archive_params(wc)["cuts"],
-        ra=lambda wc: stars_archive_params(wc)["ra"],
-        dec=lambda wc: stars_archive_params(wc)["dec"],
-        radius=lambda wc: stars_archive_params(wc)["radius"],
+        cuts=stars_archive_cuts,
+        ra=stars_cone_ra,
+        dec=stars_cone_dec,
+        radius=stars_cone_radius,
         level=STARS["healpix_level"],
         archive=STARS_ARCHIVE,
     resources:

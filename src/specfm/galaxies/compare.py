@@ -352,10 +352,10 @@ def plot_running_differences(model_maps: Maps, ppxf_maps: Maps, path: str | Path
         else:
             series = [(f"pPXF - {label}", t, p - t, "C1"), (f"{MODEL_NAME} - {label}", t, m - t, "C0")]
             xlabel = f"{label} {LABELS[q]}"
-        for label, x, d, color in series:
+        for name, x, d, color in series:  # not `label`: that names the reference for every panel
             s = diff_stats(d)
             ax.scatter(x, d, s=4, color=color, alpha=0.35, lw=0,
-                       label=f"{label}: {s['bias']:+.3f} +- {s['scatter']:.3f} (n={s['n']})")
+                       label=f"{name}: {s['bias']:+.3f} +- {s['scatter']:.3f} (n={s['n']})")
             cx, med, p16, p84, _ = running_stats(x, d, n_bins)
             if cx.size:
                 ax.fill_between(cx, p16, p84, color=color, alpha=0.2, lw=0)

@@ -46,6 +46,7 @@ class Section:
 def caption_text(rst_file: str | Path) -> str:
     """A caption .rst as one line of plain text (the captions are one short paragraph each)."""
     text = Path(rst_file).read_text()
+    text = re.sub(r"\{\{\s*snakemake\.wildcards\.(\w+)\s*\}\}", r"this \1", text)  # Snakemake's Jinja fields
     text = re.sub(r"``?([^`]+)``?", r"\1", text)
     return " ".join(text.split())
 
@@ -85,6 +86,8 @@ def _section(section: Section) -> str:
 
 
 def timing_table(demo_time: dict) -> str:
+    if not demo_time["jobs"]:
+        return f"<p>{html.escape(demo_time['how'])}</p>"
     rows = "".join(
         f"<tr><td>{html.escape(stage)}</td><td>{e['jobs']}</td><td>{e['job_seconds']:.0f}</td>"
         f"<td>{e['cpu_seconds']:.0f}</td><td>{100 * e['share_of_job_seconds']:.0f} %</td></tr>"

@@ -23,6 +23,9 @@ def write_demo_time(bench_files, rules, out: str | Path, *, budget_s: float, cod
     """results/bench/demo_time.json from the benchmark files of the run's jobs."""
     timing = demo_time(bench_files, rules, budget_s)
     write_json_atomic(out, timing)
+    if not timing["jobs"]:
+        log.info("demo time: %s", timing["how"])
+        return
     log.info("demo time: %.0f s wall span over %d benchmarked jobs (budget %.0f s); per stage: %s",
              timing["wall_span_s"], timing["jobs"], budget_s,
              ", ".join(f"{k} {v['job_seconds']:.0f} s" for k, v in sorted(timing["per_stage"].items())))
@@ -51,7 +54,7 @@ def build_report(systems: Mapping[str, Mapping], timing_file: str | Path | None,
                  preamble="<p>Built by <code>snakemake</code> from the products listed in each section; "
                           "every number here is read from the metrics files shown under it.</p>")
     extra = []
-    if timing:
+    if timing and timing["jobs"]:
         extra.append(f"time: {timing['wall_span_s'] / 60:.1f} min wall for the benchmarked jobs "
                      f"(budget {timing['budget_s'] / 60:.0f} min)")
     write_bytes_atomic(out_summary, format_summary(rows, str(out_html), extra).encode())

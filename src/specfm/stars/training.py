@@ -136,12 +136,17 @@ def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: d
                "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
                "history": result.history, "n_params": n_params, "train_rows": len(stream),
                "seconds": round(seconds, 2),
-               "rows_per_second": round(len(stream) * result.epochs_run / max(seconds, 1e-9), 1)}
+               "rows_per_second": rows_per_second(len(stream), result, seconds)}
     save_final(model, out, metadata={"arch": arch, "train": train, "scaling": scaling,
                                      "stage": stage, "seed": seed, "summary": summary})
     log.info("%s done: best val loss %.4g at epoch %d; %.0f rows/s", stage, result.best_val_loss,
              result.best_epoch, summary["rows_per_second"])
     return summary
+
+
+def rows_per_second(train_rows: int, result, seconds: float) -> float:
+    """Training rows per second of this process: the epochs of a preempted run are not in `seconds`."""
+    return round(train_rows * result.epochs_this_process / max(seconds, 1e-9), 1)
 
 
 def saved_summary(path: str | Path) -> dict:

@@ -61,6 +61,11 @@ class FitResult:
     steps_run: int  # optimizer steps taken by this process
     history: list[dict] = field(default_factory=list)  # per epoch: train_loss, val_loss, lr, ...
 
+    @property
+    def epochs_this_process(self) -> int:
+        """Epochs this process trained (a resumed job's throughput must not count the preempted ones)."""
+        return self.epochs_run - (self.resumed_from[0] if self.resumed_from else 0)
+
 
 class _StopOnSignal:
     """Turns SIGTERM into a flag that the loop polls at batch boundaries."""
