@@ -55,13 +55,14 @@ from pathlib import Path
 import astropy.units as u
 import h5py
 import numpy as np
-import scipy.sparse as sp
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from specfm.io import atomic_path
 
-from .spectra import PAPER_MASK_REGIONS, bin_edges, emission_mask, paper_wavelength_grid
+from .preprocessing import (RestFrame, vacuum_to_air, check_coverage, filter_bright_lines, finish, mask_bad, rebin_matrix,
+                            rest_edges, snr_in_window)
+from .spectra import bin_edges, paper_wavelength_grid
 
 log = logging.getLogger(__name__)
 
@@ -117,24 +118,6 @@ def flux_unit_scale(bunit: str, name: str = "cube") -> float:
     )
 
 
-def rest_edges(wave_out=None) -> tuple[float, float]:
-    """Rest-frame wavelength interval [A] that the output grid needs (its outer pixel edges)."""
-    edges = bin_edges(paper_wavelength_grid() if wave_out is None else wave_out)
-    return float(edges[0]), float(edges[-1])
-
-
-def check_coverage(wave_obs, redshift: float, name: str, wave_out=None) -> None:
-    """ValueError naming ``name`` unless the observed grid covers the output grid at ``redshift``."""
-    lo, hi = rest_edges(wave_out)
-    e = bin_edges(wave_obs)
-    have_lo, have_hi = e[0] / (1 + redshift), e[-1] / (1 + redshift)
-    if have_lo > lo + 1e-6 or have_hi < hi - 1e-6:
-        raise ValueError(
-            f"{name}: observed wavelengths {e[0]:.1f}-{e[-1]:.1f} A cover {have_lo:.1f}-{have_hi:.1f} A in the "
-            f"rest frame at z = {redshift:g}, not the required {lo:.1f}-{hi:.1f} A"
-        )
-
-
 _CD_KEY = re.compile(r"^CD([1-9])_([1-9])$")
 
 
@@ -176,10 +159,8 @@ def _spectral_axis(header: fits.Header, name: str) -> np.ndarray:
     wave = spec.all_pix2world(np.arange(int(header["NAXIS3"]), dtype=float), 0)[0]
     wave = wave * u.Unit(spec.wcs.cunit[0] or "m").to(u.AA)
     if ctype.startswith("WAVE"):
-        from ppxf.ppxf_util import vac_to_air
-
         log.info("%s: vacuum wavelengths (CTYPE3 = %s) converted to air", name, ctype)
-        wave = vac_to_air(wave)
+        wave = vacuum_to_air(wave)
     if np.any(np.diff(wave) <= 0):
         raise ValueError(f"{name}: wavelengths are not increasing along axis 3")
     return np.asarray(wave, dtype=float)
@@ -293,7 +274,7 @@ def read_cube(path: str | Path, *, redshift: float | None = None, wave_out=None,
     cf = _open_cube(path, redshift=redshift, wave_out=wave_out, margin_pix=margin_pix, memmap=True)
     with cf.hdul:
         flux, var = cf.read()
-    n_bad = _mask_bad(flux, var)
+    n_bad = mask_bad(flux, var)
     empty = ~np.any(np.isfinite(flux), axis=0)
     log.info("%s: %d x %d spaxels x %d planes (%.1f-%.1f A) read", cf.name, *flux.shape[1:], flux.shape[0],
              cf.wave[0], cf.wave[-1])
@@ -311,21 +292,6 @@ def _variance_scale(stat_bunit: str, bunit: str, name: str) -> float:
         return float(_parse_unit(stat_bunit).to(_parse_unit(bunit) ** 2))
     except Exception as exc:
         raise ValueError(f"{name}: STAT BUNIT {stat_bunit!r} is not the square of DATA BUNIT {bunit!r}") from exc
-
-
-def _mask_bad(flux: np.ndarray, var: np.ndarray | None, block: int = 64) -> int:
-    """Set masked pixels to NaN in place (in blocks of planes, to bound the temporaries); return their count."""
-    n_bad = 0
-    for i in range(0, flux.shape[0], block):
-        f = flux[i : i + block]
-        bad = ~np.isfinite(f)
-        if var is not None:
-            v = var[i : i + block]
-            bad |= ~np.isfinite(v) | (v <= 0)
-            v[bad] = np.nan
-        f[bad] = np.nan
-        n_bad += int(bad.sum())
-    return n_bad
 
 
 def write_cube(
@@ -391,35 +357,6 @@ def cube_header(wave_start: float, wave_step: float, wcs_celestial: WCS | fits.H
 # ------------------------------------------------------------------------------------- preprocess
 
 
-def rebin_matrix(wave_in, wave_out) -> sp.csr_matrix:
-    """Sparse [n_out, n_in] flux-conserving rebinning matrix: W @ f == spectra.resample(wave_in, f, wave_out).
-
-    W[j, k] = overlap(out pixel j, in pixel k) / width(out pixel j): each output pixel is the mean of
-    the piecewise-constant input over it. Pixel edges are the midpoints between centres.
-    """
-    ein, eout = bin_edges(wave_in), bin_edges(wave_out)
-    if eout[0] < ein[0] - 1e-9 or eout[-1] > ein[-1] + 1e-9:
-        raise ValueError(
-            f"rebin: output {eout[0]:.2f}-{eout[-1]:.2f} A is outside the input {ein[0]:.2f}-{ein[-1]:.2f} A"
-        )
-    lo, hi = eout[:-1], eout[1:]
-    k0 = np.clip(np.searchsorted(ein, lo, side="right") - 1, 0, ein.size - 2)
-    k1 = np.clip(np.searchsorted(ein, hi, side="left"), 1, ein.size - 1)  # exclusive
-    rows, cols, vals = [], [], []
-    for d in range(int(np.max(k1 - k0))):
-        k = k0 + d
-        ok = k < k1
-        j = np.flatnonzero(ok)
-        kk = k[ok]
-        overlap = np.minimum(hi[j], ein[kk + 1]) - np.maximum(lo[j], ein[kk])
-        keep = overlap > 0
-        rows.append(j[keep])
-        cols.append(kk[keep])
-        vals.append(overlap[keep] / (hi[j[keep]] - lo[j[keep]]))
-    rows, cols, vals = (np.concatenate(a) for a in (rows, cols, vals))
-    return sp.csr_matrix((vals, (rows, cols)), shape=(len(lo), len(ein) - 1))
-
-
 @dataclass(frozen=True)
 class Bins:
     wave: np.ndarray  # [948] Angstrom, rest frame (air)
@@ -446,15 +383,6 @@ class Bins:
         return _quiet_wcs(fits.Header.fromstring(self.wcs_header, sep="\n"))
 
 
-def _fill_masked(f: np.ndarray, v: np.ndarray, x: np.ndarray, cols: np.ndarray) -> None:
-    """Linear interpolation over NaN pixels along axis 0 for the given columns, in place."""
-    for c in cols:
-        bad = np.isnan(f[:, c]) | np.isnan(v[:, c])
-        good = ~bad
-        f[bad, c] = np.interp(x[bad], x[good], f[good, c])
-        v[bad, c] = np.interp(x[bad], x[good], v[good, c])
-
-
 def _voronoi(x, y, signal, noise, target_snr: float, name: str) -> np.ndarray:
     """vorbin bin numbers; every spaxel its own bin when all already reach the target."""
     sn = signal / noise
@@ -474,22 +402,6 @@ def _voronoi(x, y, signal, noise, target_snr: float, name: str) -> np.ndarray:
         out = voronoi_2d_binning(x, y, signal, noise, target_snr, cvt=True, pixelsize=1.0, plot=False,
                                  quiet=True, wvt=True)
     return np.asarray(out[0])
-
-
-def filter_bright_lines(spec, noise, wave, *, regions=PAPER_MASK_REGIONS, width=25, pad=3, clip_sigma=4.0):
-    """Replace bright-line pixels by a running median (see the module doc, step 4).
-
-    ``spec``, ``noise`` [n, n_pix]. Returns (filtered copy, bool [n, n_pix] of replaced pixels).
-    """
-    from scipy.ndimage import binary_dilation, median_filter
-
-    spec = np.asarray(spec, dtype=float)
-    zone = ~emission_mask(wave, regions)
-    if pad:
-        zone = binary_dilation(zone, iterations=int(pad))
-    med = median_filter(spec, size=(1, int(width)), mode="nearest")
-    hit = zone[None, :] & (spec - med > clip_sigma * np.asarray(noise, dtype=float))
-    return np.where(hit, med, spec), hit
 
 
 class _MemorySource:
@@ -517,7 +429,7 @@ class _FileSource:
 
     def read(self, y0: int, y1: int, first: bool) -> tuple[np.ndarray, np.ndarray]:
         flux, var = self.cf.read(y0, y1)
-        n_bad = _mask_bad(flux, var)
+        n_bad = mask_bad(flux, var)
         if first:  # count once (the second pass reads the same strips again)
             self.n_bad += n_bad
             self.n_pix += flux.size
@@ -585,16 +497,12 @@ def _preprocess(src, redshift: float, *, target_snr: float = 35.0, min_snr: floa
     name = src.name
     wave_out = paper_wavelength_grid() if wave_out is None else np.asarray(wave_out, dtype=float)
     check_coverage(src.wave, redshift, name, wave_out)
-    zp1 = 1.0 + redshift
-    w_full = rebin_matrix(src.wave / zp1, wave_out)
-    used = np.flatnonzero(w_full.getnnz(axis=0) > 0)
-    w = w_full[:, used].tocsr()
-    w2 = w.multiply(w).tocsr()
-    x_used = src.wave[used]
+    rf = RestFrame(src.wave, redshift, wave_out)
+    used = rf.used
     win = (wave_out >= snr_window[0]) & (wave_out <= snr_window[1])
     if not win.any():
         raise ValueError(f"snr_window {snr_window} holds no pixel of the output grid")
-    w_win, w2_win = w[np.flatnonzero(win)], w2[np.flatnonzero(win)]  # pass 1 needs the S/N window only
+    w_win, w2_win = rf.rows(win)  # pass 1 needs the S/N window only
 
     n_wave = src.wave.size
     ny, nx = src.shape
@@ -606,13 +514,6 @@ def _preprocess(src, redshift: float, *, target_snr: float = 35.0, min_snr: floa
             y1 = min(y0 + rows, ny)
             yield y0 * nx, lambda y0=y0, y1=y1: src.read(y0, y1, first)
 
-    def rebinned(flux2d, var2d, cols, nbad_cols, wf, wv):
-        """float32 rebinned (spectrum, variance) [cols, rows of wf] of strip columns ``cols``."""
-        f = flux2d[np.ix_(used, cols)].astype(np.float64)
-        v = var2d[np.ix_(used, cols)].astype(np.float64)
-        _fill_masked(f, v, x_used, np.flatnonzero(nbad_cols > 0))
-        return ((wf @ f).T * zp1).astype(np.float32), ((wv @ v).T * zp1**2).astype(np.float32)
-
     # pass 1, per spaxel: masked-pixel count (state 0 ok, 1 empty, 2 too many masked), signal, noise
     nbad = np.zeros(n_spax, np.int64)
     signal_all = np.zeros(n_spax)
@@ -623,18 +524,17 @@ def _preprocess(src, redshift: float, *, target_snr: float = 35.0, min_snr: floa
         ns = flux2d.shape[1]
         for s0 in range(0, ns, chunk):
             sl = slice(s0, min(s0 + chunk, ns))
-            nbad[base + s0 : base + sl.stop] = np.count_nonzero(
-                np.isnan(flux2d[used, sl]) | np.isnan(var2d[used, sl]), axis=0)
+            nbad[base + s0 : base + sl.stop] = rf.count_bad(flux2d[:, sl], var2d[:, sl])
         local_nbad = nbad[base : base + ns]
         ok = np.flatnonzero(local_nbad <= max_bad_frac * used.size)
         ok = ok[local_nbad[ok] < used.size]
         for c0 in range(0, ok.size, chunk):
             cols = ok[c0 : c0 + chunk]
-            spec, var = rebinned(flux2d, var2d, cols, local_nbad[cols], w_win, w2_win)
+            spec, var = rf.rebin(flux2d, var2d, cols, local_nbad[cols], w_win, w2_win)
             signal_all[base + cols] = spec.mean(axis=1, dtype=np.float64)
             noise_all[base + cols] = np.sqrt(var.mean(axis=1, dtype=np.float64))
         del f3, v3, flux2d, var2d
-    if isinstance(src, _FileSource):
+    if hasattr(src, "n_bad"):  # read from a file: counted while reading
         log.info("%s: %d x %d spaxels x %d planes (%.1f-%.1f A) read in strips of %d rows", name, ny, nx, n_wave,
                  src.wave[0], src.wave[-1], rows)
         _log_masked(name, src.n_bad, src.n_pix, src.n_empty, n_spax)
@@ -678,18 +578,13 @@ def _preprocess(src, redshift: float, *, target_snr: float = 35.0, min_snr: floa
         flux2d, var2d = f3.reshape(n_wave, -1), v3.reshape(n_wave, -1)
         for c0 in range(0, sel.size, chunk):
             cols = sel[c0 : c0 + chunk]
-            spec, var = rebinned(flux2d, var2d, cols, nbad[base + cols], w, w2)
+            spec, var = rf.rebin(flux2d, var2d, cols, nbad[base + cols])
             np.add.at(full, bin_of[base + cols], spec.astype(np.float64))
             np.add.at(full_var, bin_of[base + cols], var.astype(np.float64))
         del f3, v3, flux2d, var2d
-    full_noise = np.sqrt(full_var)
-    mask = emission_mask(wave_out)
-    if line_filter:
-        full, hit = filter_bright_lines(full, full_noise, wave_out, width=median_width, pad=line_pad,
-                                        clip_sigma=clip_sigma)
-    else:
-        hit = np.zeros(full.shape, bool)
-    norm = np.median(full[:, mask], axis=1)
+    done = finish(full, full_var, wave_out, line_filter=line_filter, median_width=median_width, line_pad=line_pad,
+                  clip_sigma=clip_sigma)
+    full, full_noise, hit, mask, norm = done.full, done.noise, done.hit, done.mask, done.norm
     keep = np.isfinite(norm) & (norm > 0)
     if not keep.all():
         log.warning("%s: %d bins with median flux <= 0 dropped", name, int((~keep).sum()))
@@ -708,7 +603,7 @@ def _preprocess(src, redshift: float, *, target_snr: float = 35.0, min_snr: floa
     tot = np.bincount(inv, weights=sw, minlength=n_bins)
     xbar = np.bincount(inv, weights=sw * xx, minlength=n_bins) / tot
     ybar = np.bincount(inv, weights=sw * yy, minlength=n_bins) / tot
-    snr = full[:, win].mean(axis=1) / np.sqrt(full_var[:, win].mean(axis=1))
+    snr = snr_in_window(full, full_var, wave_out, snr_window)
     multi = n_in > 1
     log.info("%s: %d bins (%d single spaxels); S/N of multi-spaxel bins: median %.1f, min %.1f (target %.1f)",
              name, n_bins, int((~multi).sum()), float(np.median(snr[multi])) if multi.any() else float("nan"),
