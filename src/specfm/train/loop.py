@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, SequentialSampler
 from tqdm import tqdm
 
-from .checkpoint import BEST, LAST, load_latest, save_checkpoint, unwrap
+from .checkpoint import BEST, LAST, load_latest, load_plain, save_checkpoint, unwrap
 from .data import EpochSampler, batch_len, make_loader, shard, to_device
 from .device import choose_device
 from .distributed import is_distributed, rank, world_size
@@ -184,7 +184,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], torch.
             scheduler.load_state_dict(ckpt["scheduler"])
         st = ckpt["state"]
         if st["best_epoch"] >= 0:
-            best = torch.load(ckdir / BEST, map_location="cpu", weights_only=True)
+            best = load_plain(ckdir / BEST)
             assert best["epoch"] == st["best_epoch"], f"{ckdir}: best.pt does not match last.pt"
             best_state = best["model"]
         set_rng_state(ckpt["rng"])
