@@ -1,60 +1,269 @@
-# emulator: TransformerPayne and baselines (seed 001). Labelled spectra grid -> four emulators ->
-# accuracy vs training-set size and gradient-based parameter inference.
-# No issue is open for it yet; the rules fix the layout of its products.
+# emulator: TransformerPayne and its three baselines (seed 001). A grid of (labels -> normalised
+# flux) spectra (MILES stars from the sdss-mangadap wheel, or a user's HDF5 grid) -> The Payne,
+# BigPayne, convolutional emulator, TransformerPayne, trained per (model, training-set size, seed)
+# -> pretraining on a restricted domain + fine-tuning -> held-out scores, figures, parameter
+# inference of held-out stars, throughput.
 
 EMU = config["emulator"]
+EMU_FIGURES = ("vs_size", "vs_steps", "residuals", "example", "correlation", "finetune", "inference")
 
 
-def emulator_targets():
+wildcard_constraints:
+    size=r"\d+|all",
+    seed=r"\d+",
+
+
+def emulator_largest_size():
+    """The largest configured training-set size ("all" = the whole training split)."""
+    sizes = EMU["sizes"]
+    return "all" if "all" in sizes else str(max(int(s) for s in sizes))
+
+
+def emulator_scratch_models():
+    return [f"results/models/emulator/{m}/scratch_n{n}_s{s}.pt"
+            for m in EMU["models"] for n in EMU["sizes"] for s in EMU["seeds"]]
+
+
+def emulator_finetuned_models():
+    return [f"results/models/emulator/{m}/finetune_n{n}_s{s}.pt"
+            for m in EMU["finetune"]["models"] for n in EMU["finetune"]["sizes"] for s in EMU["seeds"]]
+
+
+def emulator_inference_tables():
+    n, s = emulator_largest_size(), EMU["seeds"][0]
+    return [f"results/emulator/inference/{m}_n{n}_s{s}.parquet" for m in EMU["inference"]["models"]]
+
+
+def emulator_metrics_files():
     return ["results/emulator/metrics.json"]
 
 
+def emulator_report_figures():
+    return [f"results/emulator/figures/{name}.png" for name in EMU_FIGURES]
+
+
+def emulator_demo_targets():
+    return [*emulator_metrics_files(), *emulator_report_figures(),
+            "results/emulator/inference_summary.csv", "results/bench/emulator_speed.json"]
+
+
+def emulator_targets():
+    return emulator_demo_targets()
+
+
+def emulator_grid_input(wildcards):
+    """The unpacked MILES wheel (kind miles) or the user's grid file (kind hdf5)."""
+    g = EMU["grid"]
+    return [manifest_path(g["source"])] if g["kind"] == "miles" else [g["path"]]
+
+
+def emulator_grid_params():
+    g = EMU["grid"]
+    return {k: g[k] for k in ("window", "margin", "continuum", "max_bad_fraction", "split",
+                              "max_spectra", "normalised")}
+
+
+def emulator_run_seed(wildcards):
+    """Weights and data order of one run: derived from the model, mode, size and seed wildcard."""
+    return derived_seed("emulator_train", wildcards.model, wildcards.get("size", "pretrain"),
+                        wildcards.seed)
+
+
+def emulator_subset_seed(wildcards):
+    """The training subset depends on the seed wildcard only: every model sees the same spectra."""
+    return derived_seed("emulator_subset", wildcards.seed)
+
+
+def emulator_arch(wildcards):
+    return EMU["arch"][wildcards.model]
+
+
+def emulator_pretrained(wildcards):
+    return f"results/models/emulator/{wildcards.model}/pretrain_s{wildcards.seed}.pt"
+
+
+def emulator_infer_model(wildcards):
+    return f"results/models/emulator/{wildcards.model}/scratch_n{wildcards.size}_s{wildcards.seed}.pt"
+
+
+def emulator_infer_seed(wildcards):
+    return derived_seed("emulator_infer", wildcards.model, wildcards.seed)
+
+
+def emulator_bench_models(wildcards):
+    n, s = emulator_largest_size(), EMU["seeds"][0]
+    return [f"results/models/emulator/{m}/scratch_n{n}_s{s}.pt" for m in EMU["models"]]
+
+
 rule emulator_grid:
+    """Raw spectra -> the HDF5 grid: window, bad pixels, continuum normalisation, errors, split."""
+    input:
+        raw=emulator_grid_input,
     output:
-        with_prov("results/interim/emulator/grid.h5"),
+        grid=with_prov("results/interim/emulator/grid.h5"),
     log:
         "logs/emulator/grid.log",
     cache: True
     params:
-        **pending("emulator (not yet filed)"),
+        kind=EMU["grid"]["kind"],
+        settings=emulator_grid_params(),
     resources:
         mem_mb=4000,
         runtime=30,
     script:
-        "../../scripts/pending.py"
+        "../../scripts/emulator_grid.py"
 
 
 rule emulator_train:
+    """One emulator from scratch on the first {size} training spectra (seed {seed})."""
     input:
-        "results/interim/emulator/grid.h5",
+        grid="results/interim/emulator/grid.h5",
     output:
-        with_prov("results/models/emulator/{model}.pt"),
+        model=with_prov("results/models/emulator/{model}/scratch_n{size}_s{seed}.pt"),
     log:
-        "logs/emulator/{model}.log",
+        "logs/emulator/{model}/scratch_n{size}_s{seed}.log",
+    benchmark:
+        "results/bench/rules/emulator_train_{model}_n{size}_s{seed}.tsv"
     params:
-        **pending("emulator (not yet filed)"),
-    threads: 2
+        mode="scratch",
+        arch=emulator_arch,
+        optim=EMU["optim"],
+        log_labels=EMU["log_labels"],
+        domain=None,
+        seed=emulator_run_seed,
+        subset_seed=emulator_subset_seed,
+    threads: EMU["train"]["threads"]
     resources:
         gpu=train_resources("emulator", "gpu"),
         mem_mb=train_resources("emulator", "mem_mb"),
         runtime=train_resources("emulator", "runtime"),
     script:
-        "../../scripts/pending.py"
+        "../../scripts/emulator_train.py"
 
 
-rule emulator_metrics:
+rule emulator_pretrain:
+    """Pretraining on every training spectrum inside the restricted domain (emulator.pretraining)."""
     input:
         grid="results/interim/emulator/grid.h5",
-        models=expand("results/models/emulator/{model}.pt", model=EMU["models"]),
     output:
-        "results/emulator/metrics.json",
+        model=with_prov("results/models/emulator/{model}/pretrain_s{seed}.pt"),
     log:
-        "logs/emulator/metrics.log",
+        "logs/emulator/{model}/pretrain_s{seed}.log",
+    benchmark:
+        "results/bench/rules/emulator_pretrain_{model}_s{seed}.tsv"
     params:
-        **pending("emulator (not yet filed)"),
+        mode="pretrain",
+        arch=emulator_arch,
+        optim=EMU["optim"],
+        log_labels=EMU["log_labels"],
+        domain=EMU["pretraining"]["domain"],
+        seed=emulator_run_seed,
+        subset_seed=emulator_subset_seed,
+    threads: EMU["train"]["threads"]
+    resources:
+        gpu=train_resources("emulator", "gpu"),
+        mem_mb=train_resources("emulator", "mem_mb"),
+        runtime=train_resources("emulator", "runtime"),
+    script:
+        "../../scripts/emulator_train.py"
+
+
+rule emulator_finetune:
+    """The pretrained emulator trained on, all weights free, on the same {size} spectra as scratch."""
+    input:
+        grid="results/interim/emulator/grid.h5",
+        pretrained=emulator_pretrained,
+    output:
+        model=with_prov("results/models/emulator/{model}/finetune_n{size}_s{seed}.pt"),
+    log:
+        "logs/emulator/{model}/finetune_n{size}_s{seed}.log",
+    benchmark:
+        "results/bench/rules/emulator_finetune_{model}_n{size}_s{seed}.tsv"
+    params:
+        mode="finetune",
+        arch=emulator_arch,
+        optim=EMU["optim"],
+        log_labels=EMU["log_labels"],
+        domain=None,
+        seed=emulator_run_seed,
+        subset_seed=emulator_subset_seed,
+    threads: EMU["train"]["threads"]
+    resources:
+        gpu=train_resources("emulator", "gpu"),
+        mem_mb=train_resources("emulator", "mem_mb"),
+        runtime=train_resources("emulator", "runtime"),
+    script:
+        "../../scripts/emulator_train.py"
+
+
+rule emulator_infer:
+    """Labels of held-out stars fitted through one emulator (Adam, clipping, cosine, restarts)."""
+    input:
+        grid="results/interim/emulator/grid.h5",
+        model=emulator_infer_model,
+    output:
+        table=with_prov("results/emulator/inference/{model}_n{size}_s{seed}.parquet"),
+    log:
+        "logs/emulator/infer_{model}_n{size}_s{seed}.log",
+    benchmark:
+        "results/bench/rules/emulator_infer_{model}_n{size}_s{seed}.tsv"
+    params:
+        settings=EMU["inference"],
+        seed=emulator_infer_seed,
+    threads: EMU["train"]["threads"]
     resources:
         gpu=train_resources("emulator", "gpu"),
         mem_mb=4000,
+        runtime=train_resources("emulator", "runtime"),
+    script:
+        "../../scripts/emulator_infer.py"
+
+
+rule emulator_metrics:
+    """Held-out scores of every run, figures (Figs 1, 4-8 analogues) and metrics.json."""
+    input:
+        grid="results/interim/emulator/grid.h5",
+        models=[*emulator_scratch_models(), *emulator_finetuned_models()],
+        inference=emulator_inference_tables(),
+    output:
+        metrics=report("results/emulator/metrics.json", caption="../report/emulator_metrics.rst",
+                       category="emulator"),
+        summary="results/emulator/inference_summary.csv",
+        **{
+            name: report(f"results/emulator/figures/{name}.png",
+                         caption=f"../report/emulator_{name}.rst", category="emulator")
+            for name in EMU_FIGURES
+        },
+    log:
+        "logs/emulator/metrics.log",
+    benchmark:
+        "results/bench/rules/emulator_metrics.tsv"
+    params:
+        headline_model=EMU["headline_model"],
+        sizes=EMU["sizes"],
+        finetune_sizes=EMU["finetune"]["sizes"],
+        targets=EMU["targets"],
+    threads: EMU["train"]["threads"]
+    resources:
+        mem_mb=4000,
         runtime=30,
     script:
-        "../../scripts/pending.py"
+        "../../scripts/emulator_metrics.py"
+
+
+rule emulator_bench:
+    """Spectra per second of each emulator at the largest size: one run, batched, full grid."""
+    input:
+        models=emulator_bench_models,
+    output:
+        speed="results/bench/emulator_speed.json",
+    log:
+        "logs/emulator/bench.log",
+    params:
+        settings=EMU["bench"],
+    threads: EMU["train"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    script:
+        "../../scripts/emulator_bench.py"

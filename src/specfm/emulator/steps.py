@@ -1,0 +1,275 @@
+"""Workflow steps of the emulator stage: read files, call the library, write a product and its
+provenance record. The rule scripts call these and nothing else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from specfm import provenance
+from specfm.fetch.sources import manifest_files
+from specfm.io import atomic_path, write_json_atomic
+
+from . import figures
+from .grid import GridError, read
+
+log = logging.getLogger("specfm.emulator")
+
+GRID_CODE = ["specfm.emulator.grid", "specfm.emulator.build", "specfm.emulator.continuum",
+             "specfm.emulator.miles", "specfm.emulator.user_grid", "specfm.emulator.steps", "specfm.io"]
+MODEL_CODE = [*GRID_CODE, "specfm.train", "specfm.emulator.models", "specfm.emulator.payne",
+              "specfm.emulator.bigpayne", "specfm.emulator.conv", "specfm.emulator.transformer_payne",
+              "specfm.emulator.schedule", "specfm.emulator.training"]
+INFER_CODE = [*MODEL_CODE, "specfm.emulator.inference"]
+EVAL_CODE = [*INFER_CODE, "specfm.emulator.scores", "specfm.emulator.figures"]
+BENCH_CODE = [*MODEL_CODE, "specfm.emulator.bench"]
+EMU_FIGURES = ("vs_size", "vs_steps", "residuals", "example", "correlation", "finetune", "inference")
+
+
+def _named(prefix, paths) -> dict:
+    return {f"{prefix}{i}": str(p) for i, p in enumerate(paths)}
+
+
+def build_grid(kind: str, inputs: list[str], out, *, window, margin: float, continuum: dict,
+               max_bad_fraction: float, split: dict, max_spectra=None, normalised: bool = False,
+               code_files=()) -> dict:
+    """A `miles` (unpacked manifest) or `hdf5` (user file) grid -> the HDF5 layout."""
+    from .build import finish
+    from .grid import write
+
+    if kind == "miles":
+        from .miles import read_miles
+
+        raw, source = read_miles(manifest_files(inputs[0]), max_spectra), "sdss-mangadap 4.5.0 MILES"
+        error_kind = None
+    elif kind == "hdf5":
+        from .user_grid import read_user_grid
+
+        raw, source = read_user_grid(inputs[0]), str(inputs[0])
+        error_kind = "given" if raw.flux_error is not None else None
+        if max_spectra:
+            raw.ids, raw.labels, raw.flux = raw.ids[:max_spectra], raw.labels[:max_spectra], raw.flux[:max_spectra]
+            raw.flux_error = None if raw.flux_error is None else raw.flux_error[:max_spectra]
+    else:
+        raise GridError(f"emulator.grid.kind: unknown grid kind {kind!r} (miles, hdf5)")
+    grid = finish(raw, window=window, margin=margin, continuum=None if normalised else continuum,
+                  max_bad_fraction=max_bad_fraction, split=split, error_kind=error_kind,
+                  source=source, kind=kind)
+    write(grid, out)
+    params = {"kind": kind, "window": window, "margin": margin, "continuum": continuum,
+              "max_bad_fraction": max_bad_fraction, "split": split, "max_spectra": max_spectra}
+    provenance.write(out, inputs=_named("input", inputs), params=params, code=GRID_CODE,
+                     code_files=code_files, step="emulator_grid")
+    return grid.attrs["counts"]
+
+
+def train(grid, out, *, model: str, arch: dict, train: dict, mode: str, size, seed: int,
+          subset_seed: int, log_labels, domain=None, init=None, gpu: int = 0, threads=None,
+          code_files=()) -> dict:
+    from .training import train_emulator
+
+    summary = train_emulator(grid, out, model=model, arch=arch, train=train, mode=mode, size=size,
+                             seed=seed, subset_seed=subset_seed, log_labels=log_labels,
+                             domain=domain, init=init, gpu=gpu, threads=threads)
+    provenance.write(out, inputs={"grid": grid, **({"pretrained": init} if init else {})},
+                     params={"model": model, "arch": arch, "train": train, "mode": mode, "size": size,
+                             "subset_seed": subset_seed, "log_labels": list(log_labels),
+                             "domain": domain}, seed=seed, code=MODEL_CODE, code_files=code_files,
+                     step=f"emulator_{mode}")
+    return summary
+
+
+def inference_stars(grid, settings: dict) -> np.ndarray:
+    """The held-out (test) stars to fit: inside settings['domain'], the first n_stars by id."""
+    from .grid import domain_rows
+
+    rows = grid.rows("test")
+    if settings.get("domain"):
+        rows = domain_rows(grid, rows, settings["domain"], "emulator.inference.domain")
+    return rows[: settings["n_stars"]]
+
+
+def infer(grid_path, model_path, out, *, settings: dict, seed: int, threads=None, code_files=()) -> dict:
+    """Fit the labels of held-out stars through one emulator -> a Parquet table (one row per star)."""
+    from .inference import fit_labels, summarise
+    from .training import load_emulator
+
+    if threads:
+        torch.set_num_threads(threads)
+    grid = read(grid_path)
+    emu, meta = load_emulator(model_path)
+    rows = inference_stars(grid, settings)
+    weight = np.isfinite(grid.flux_error[rows]).astype(np.float32) if grid.flux_error is not None \
+        else np.ones(grid.flux[rows].shape, np.float32)
+    fitted, mse, seconds = fit_labels(emu, grid.flux[rows], weight, restarts=settings["restarts"],
+                                      steps=settings["steps"], lr=settings["lr"],
+                                      clip=settings["clip"], warmup=settings["warmup"], seed=seed)
+    table = pd.DataFrame({"id": grid.ids[rows].astype(str), "fit_mse": mse})
+    for j, name in enumerate(grid.label_names):
+        table[f"{name}_true"] = grid.labels[rows, j]
+        table[f"{name}_fit"] = fitted[:, j]
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
+    summary = {"model": meta["model"], "n_stars": int(len(rows)), "seconds": seconds,
+               "seconds_per_star": seconds / max(len(rows), 1),
+               "labels": summarise(grid.labels[rows], fitted, grid.label_names)}
+    log.info("inference %s: %s", model_path, summary)
+    provenance.write(out, inputs={"grid": grid_path, "model": model_path},
+                     params={"settings": settings, "summary": summary}, seed=seed,
+                     code=INFER_CODE, code_files=code_files, step="emulator_infer")
+    return summary
+
+
+_RUN = re.compile(r"(?P<model>[a-z_]+)/(?P<mode>scratch|finetune)_n(?P<size>\w+)_s(?P<seed>\d+)\.pt$")
+
+
+def _test_predictions(grid, model_path):
+    from .training import load_emulator
+
+    emu, meta = load_emulator(model_path)
+    rows = grid.rows("test")
+    with torch.no_grad():
+        pred = emu.predict(emu.scale(torch.as_tensor(grid.labels[rows], dtype=torch.float32))).numpy()
+    return pred, meta
+
+
+def evaluate(grid_path, models: list[str], inference: list[str], metrics_out, figure_paths: dict,
+             summary_csv, *, headline_model: str, sizes, finetune_sizes, targets: dict,
+             threads=None, code_files=()) -> dict:
+    """Held-out scores of every trained emulator, the figures, and metrics.json with a headline."""
+    from .inference import summarise
+    from .scores import scores
+
+    if threads:
+        torch.set_num_threads(threads)
+    grid = read(grid_path)
+    test, train_rows = grid.rows("test"), grid.rows("train")
+    err = grid.flux_error[test] if grid.flux_error is not None else None
+    mask = grid.pixel_mask[test] if grid.pixel_mask is not None else None
+    mean_scores = scores(np.broadcast_to(grid.flux[train_rows].mean(0), grid.flux[test].shape),
+                         grid.flux[test], err, mask)
+    runs, residuals, preds, largest = [], {}, {}, {}
+    for path in models:
+        m = _RUN.search(Path(path).as_posix())
+        pred, meta = _test_predictions(grid, path)
+        s = meta["summary"]
+        run = {"model": s["model"], "mode": s["mode"], "size": m["size"], "seed": int(m["seed"]),
+               "n_train": s["n_train"], "n_params": s["n_params"], "steps": s["steps"],
+               "train_seconds": s["seconds"], "best_val_mse": s["best_val_mse"],
+               "history": s["history"], "test": scores(pred, grid.flux[test], err, mask),
+               "path": str(path)}
+        runs.append(run)
+        best = largest.get(run["model"])
+        if run["mode"] == "scratch" and (best is None or run["n_train"] > best["n_train"]):
+            largest[run["model"]] = run
+            residuals[run["model"]], preds[run["model"]] = pred - grid.flux[test], pred
+        log.info("%s: test %s", path, run["test"])
+    figures.vs_size(runs, mean_scores, figure_paths["vs_size"])
+    figures.vs_steps(list(largest.values()), figure_paths["vs_steps"])
+    figures.residual_bands(grid.wavelength, residuals, figure_paths["residuals"])
+    star = 0
+    figures.example_spectrum(grid.wavelength, grid.flux[test[star]],
+                             {k: v[star] for k, v in preds.items()}, str(grid.ids[test[star]]),
+                             figure_paths["example"])
+    corr = figures.correlation(grid.wavelength, residuals, figure_paths["correlation"])
+    ft = finetune_rows(runs)
+    figures.finetune(ft, figure_paths["finetune"])
+    inf = {}
+    tables = {}
+    for path in inference:
+        t = pd.read_parquet(path)
+        name = re.sub(r"_n\w+_s\d+\.parquet$", "", Path(path).name)
+        tables[name] = t
+        rec = json.loads(Path(str(path) + ".prov.json").read_text())["params"]["summary"]
+        inf[name] = rec
+    figures.inference(tables, grid.label_names, figure_paths["inference"])
+    write_summary_csv(inf, summary_csv)
+    metrics = {"grid": {**grid.attrs["counts"], "n_wave": int(len(grid.wavelength)),
+                        "window": grid.attrs.get("window"), "kind": grid.attrs.get("kind"),
+                        "flux_error_kind": grid.attrs.get("flux_error_kind")},
+               "mean_spectrum": mean_scores, "runs": runs, "finetune_vs_scratch": ft,
+               "residual_correlation_median": corr, "inference": inf,
+               "headline": headline(largest, ft, inf, mean_scores, headline_model, targets)}
+    write_json_atomic(metrics_out, metrics)
+    provenance.write(metrics_out, inputs={"grid": grid_path, **_named("model", models),
+                                          **_named("inference", inference)},
+                     params={"sizes": sizes, "finetune_sizes": finetune_sizes}, code=EVAL_CODE,
+                     code_files=code_files, step="emulator_metrics")
+    return metrics
+
+
+def finetune_rows(runs: list[dict]) -> list[dict]:
+    out = []
+    for ft in (r for r in runs if r["mode"] == "finetune"):
+        sc = [r for r in runs if r["mode"] == "scratch" and r["model"] == ft["model"]
+              and r["n_train"] == ft["n_train"] and r["seed"] == ft["seed"]]
+        if sc:
+            out.append({"model": ft["model"], "n_train": ft["n_train"], "seed": ft["seed"],
+                        "scratch": sc[0]["test"], "finetune": ft["test"],
+                        "mae_ratio": ft["test"]["mae"] / sc[0]["test"]["mae"]})
+    return sorted(out, key=lambda r: (r["model"], r["n_train"]))
+
+
+def write_summary_csv(inf: dict, path) -> None:
+    rows = [{"model": m, "label": lab, **v, "seconds_per_star": rec["seconds_per_star"]}
+            for m, rec in inf.items() for lab, v in rec["labels"].items()]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def headline(largest: dict, ft: list[dict], inf: dict, mean_scores: dict, model: str, targets: dict) -> list[dict]:
+    """The few numbers the report shows: the paper's two claims, inference scatter, noise floor."""
+    out = []
+    tp = largest.get(model)
+    if tp:
+        for ref in ("bigpayne", "payne"):
+            if ref in largest:
+                for key in ("mae", "maqe_0.95"):
+                    out.append({"metric": f"{model} test {key} (n={tp['n_train']})", "value": tp["test"][key],
+                                "reference": f"{ref} at the same size", "reference_value": largest[ref]["test"][key],
+                                "target": None})
+        out.append({"metric": f"{model} chi2 per pixel against the flux errors", "value": tp["test"].get("chi2_per_pixel"),
+                    "reference": "the noise floor", "reference_value": 1.0, "target": None})
+        out.append({"metric": f"{model} test mae vs the grid's mean spectrum", "value": tp["test"]["mae"],
+                    "reference": "mean spectrum of the training split", "reference_value": mean_scores["mae"],
+                    "target": None})
+    small = [r for r in ft if r["model"] == model]
+    if small:
+        r = min(small, key=lambda r: r["n_train"])
+        out.append({"metric": f"{model} fine-tuned test mae (n={r['n_train']})", "value": r["finetune"]["mae"],
+                    "reference": "trained from scratch at the same size", "reference_value": r["scratch"]["mae"],
+                    "target": None})
+    for name, rec in inf.items():
+        if not name.startswith(model):
+            continue
+        for lab, v in rec["labels"].items():
+            out.append({"metric": f"{model} inference {lab} scatter ({v['n']} held-out stars)",
+                        "value": v["scatter"], "reference": "catalogue labels (MILES_params.db)",
+                        "reference_value": None, "target": targets.get(lab)})
+        out.append({"metric": f"{model} inference seconds per star", "value": rec["seconds_per_star"],
+                    "reference": "", "reference_value": None, "target": None})
+    return out
+
+
+def bench(models: list[str], out, *, batch: int, min_seconds: float, threads=None, code_files=()) -> dict:
+    """spectra/s of each emulator (one run, batched, full grid) -> results/bench/emulator_speed.json."""
+    from .bench import spectra_per_second
+    from .training import load_emulator
+
+    if threads:
+        torch.set_num_threads(threads)
+    result = {}
+    for path in models:
+        emu, meta = load_emulator(path)
+        result[meta["model"]] = {**spectra_per_second(emu, len(meta["lo"]), batch=batch,
+                                                      min_seconds=min_seconds),
+                                 "n_params": meta["summary"]["n_params"], "model_file": str(path)}
+        log.info("%s: %.1f spectra/s", meta["model"], result[meta["model"]]["spectra_per_second"])
+    write_json_atomic(out, {"device": "cpu", "models": result})
+    return result
