@@ -35,14 +35,6 @@ EXTINCTION = ["ebv"]  # E(B-V) from the configured dust map (SFD at full scale)
 # Labels for fine-tuning and their 1-sigma errors (``<label>_err``).
 LABELS = ["teff", "logg", "fe_h", "alpha_fe", "age", "parallax_label"]
 LABEL_ERRORS = [f"{name}_err" for name in LABELS]
-LABEL_UNITS = {
-    "teff": "K",
-    "logg": "dex",
-    "fe_h": "dex",
-    "alpha_fe": "dex",
-    "age": "Gyr",
-    "parallax_label": "mas",
-}
 
 # Features the model sees, in this order. Core features are never masked in pretraining.
 FEATURES = XP + PHOTOMETRY + ["parallax", "pmra", "pmdec"] + EXTINCTION

@@ -258,16 +258,3 @@ def project_coefficients(coefficients, flux_error=None, *, design: XPDesign | No
     scale[~(scale > 0)] = 1.0
     error = None if flux_error is None else np.asarray(flux_error, dtype=float) / scale[:, None]
     return fit_coefficients(flux / scale[:, None], error, scale=scale, design=design, ridge=ridge).coefficients
-
-
-def equilibrated_condition(flux_error=None, design: XPDesign | None = None) -> np.ndarray:
-    """Condition number of the weighted design sqrt(W) A after column equilibration, per star
-    (diagnostics for the report; this is what the ridge has to cope with)."""
-    design = gaiaxpy_design() if design is None else design
-    A = np.asarray(design.matrix, dtype=float)
-    error = np.ones((1, A.shape[0])) if flux_error is None else _as_2d("flux_error", flux_error, A.shape[0])
-    Aw = A[None] / error[:, :, None]
-    norms = np.linalg.norm(Aw, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    s = np.linalg.svd(Aw / norms, compute_uv=False)
-    return s[:, 0] / s[:, -1]

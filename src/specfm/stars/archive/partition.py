@@ -39,11 +39,6 @@ def partitions(level: int, pixels=None) -> list[int]:
     return out
 
 
-def in_partition(source_id, hpx: int, level: int):
-    """Boolean (array) saying whether each source_id belongs to pixel `hpx`."""
-    return healpix_from_source_id(source_id, level) == hpx
-
-
 def _check_level(level: int) -> None:
     if not (isinstance(level, int) and 0 <= level <= MAX_LEVEL):
         raise ValueError(f"HEALPix level must be an integer in 0..{MAX_LEVEL} (source_id resolution), got {level!r}")
