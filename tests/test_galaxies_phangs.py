@@ -213,6 +213,7 @@ def sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_fake_phangs_galaxy_metrics_built_offline(tmp_path):
     """A fake PHANGS galaxy (real-format cube + MAPS with stellar populations), fetched from file://
     mirrors: the workflow builds its metrics with the published comparison."""

@@ -13,12 +13,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from astropy.wcs import WCS
 
 from fakes import copy_workflow
 from specfm.galaxies.cube import read_bins
 from specfm.galaxies.maps import read_maps
 from specfm.galaxies.mock_cube import read_truth, truth_per_bin
+
+pytestmark = pytest.mark.slow  # Snakemake runs of the workflow (pytest -m "not slow" skips them)
 
 BIN = os.path.dirname(sys.executable)
 TARGETS = ["results/mockgal_maps.fits", "results/mockgal_ppxf_maps.fits"]

@@ -495,6 +495,7 @@ def test_merge_rejects_duplicates_and_write_is_atomic(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- the rules
 
 
+@pytest.mark.slow
 def test_archive_and_targets_rules_run_against_the_local_archive(tmp_path):
     """The Snakemake rules (partition + cone) end to end: real scripts, real clients, local server."""
     import os

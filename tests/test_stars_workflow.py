@@ -10,9 +10,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from fakes import copy_workflow
+
+pytestmark = pytest.mark.slow  # Snakemake runs of the workflow (pytest -m "not slow" skips them)
 
 BIN = os.path.dirname(sys.executable)
 METRICS = "results/stars/apogee_xp_metrics.json"

@@ -19,6 +19,8 @@ import yaml
 
 from fakes import copy_workflow, offline_workflow
 
+pytestmark = pytest.mark.slow  # Snakemake runs of the workflow (pytest -m "not slow" skips them)
+
 BIN = Path(sys.executable).parent
 PRODUCTS = (
     "results/interim/galaxies/templates_emiles_ppxf.h5",
