@@ -24,7 +24,7 @@ def test_shipped_configs_are_valid_and_defaults_filled():
     assert merged["fetch"]["retries"] == 5  # default from the schema
     tiny = cfg.load("config/config.yaml", "tests/config/tiny.yaml")
     assert tiny["stars"]["ensemble_size"] == 2 and tiny["stars"]["pretrain"]["p_xp"] == 0.9  # default
-    assert tiny["redshift"]["train"]["epochs"] == 3  # default, tiny.yaml does not set it
+    assert tiny["fetch"]["backoff"] == 2.0  # default: neither config.yaml nor tiny.yaml sets it
 
 
 def test_unknown_key_is_named():

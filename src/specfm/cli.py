@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from specfm import __version__
 from specfm import config as specfm_config
 from specfm import provenance
 
@@ -38,6 +39,7 @@ def _check_config(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="specfm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"specfm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", help="re-hash artifacts and report any that differ from their provenance")
     verify.add_argument("roots", nargs="*", default=["results"], help="directories to scan (default: results)")

@@ -8,13 +8,32 @@ so a user sees at once which line of their YAML to fix.
 from __future__ import annotations
 
 import copy
+import math
+import os
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_REL = Path("workflow") / "schemas" / "config.schema.yaml"
+# A source checkout (editable install): the schema beside the package's repository.
+SCHEMA = Path(__file__).resolve().parents[2] / SCHEMA_REL
+
+
+def find_schema() -> Path:
+    """The config schema: $SPECFM_SCHEMA, else the workflow directory we run in (Snakemake and the
+    `specfm` command run from the repository root), else the source checkout of this package.
+
+    Not only the last: a regular (non-editable) install has no repository beside the package.
+    """
+    candidates = [Path(os.environ["SPECFM_SCHEMA"])] if os.environ.get("SPECFM_SCHEMA") else []
+    candidates += [Path.cwd() / SCHEMA_REL, SCHEMA]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ConfigError(f"config schema not found (looked at {', '.join(map(str, candidates))}); run from "
+                      "the workflow directory or set SPECFM_SCHEMA")
 
 
 class ConfigError(ValueError):
@@ -47,20 +66,36 @@ def _describe(error: jsonschema.ValidationError) -> str:
         keys = ", ".join(f"'{where}.{k}'" if error.absolute_path else f"'{k}'" for k in unknown)
         hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
         return f"unknown config key {keys}{hint}"
-    if error.validator == "required":
-        return f"config key '{_key(error.absolute_path)}': {error.message}"
+    if error.validator == "required" and isinstance(error.instance, dict):
+        where = _key(error.absolute_path)
+        missing = [k for k in error.validator_value if k not in error.instance]
+        keys = ", ".join(f"'{where}.{k}'" if error.absolute_path else f"'{k}'" for k in missing)
+        return f"config key {keys} is missing (required in '{where}')"
     return f"config key '{_key(error.absolute_path)}': {error.message}"
 
 
-def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA) -> dict[str, Any]:
+def validate(config: dict[str, Any], schema_path: str | Path | None = None) -> dict[str, Any]:
     """Validate `config` in place (defaults filled in) and return it; raise ConfigError on the first problem."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = yaml.safe_load(Path(schema_path or find_schema()).read_text())
+    _check_finite(config)  # JSON schema's "number" admits NaN and inf (YAML .nan, .inf)
     cls = _with_defaults(jsonschema.validators.validator_for(schema))
     errors = sorted(cls(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         raise ConfigError(_describe(errors[0]))
     _check_references(config)
     return config
+
+
+def _check_finite(value: Any, path: tuple = ()) -> None:
+    """NaN or inf anywhere is an error naming its key: no setting of ours means either."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{_key(path)}': {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _check_finite(sub, (*path, key))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            _check_finite(sub, (*path, i))
 
 
 def _check_references(config: dict[str, Any]) -> None:
@@ -89,6 +124,11 @@ def _check_references(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'galaxies.targets.{name}.cube': required for kind 'phangs'")
     for name in gal.get("build", []):
         need(name, targets, "galaxies.build", "target")
+    variants = gal.get("ablation", {}).get("attention", [])
+    chosen = gal.get("model", {}).get("attention")
+    if variants and chosen is not None and chosen not in variants:  # its score is the reference row
+        raise ConfigError(f"config key 'galaxies.ablation.attention': {variants} must include "
+                          f"galaxies.model.attention '{chosen}' (or be [] to skip the ablation)")
     for system in ("stars", "redshift"):
         block = config.get(system, {})
         samples = block.get("samples", {})
@@ -112,10 +152,19 @@ def load(*paths: str | Path) -> dict[str, Any]:
     """Load and merge YAML files (later ones override earlier ones, recursively), then validate."""
     merged: dict[str, Any] = {}
     for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory, not a config file")
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot be read ({exc})") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        if data is None:  # Snakemake refuses an empty --configfile too
+            raise ConfigError(f"{path}: is empty (no keys); remove it from the list or give it a key")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
         merged = merge(merged, data)
