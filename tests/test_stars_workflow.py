@@ -14,6 +14,7 @@ import pytest
 import pandas as pd
 
 from fakes import copy_workflow
+from specfm.stars.products import FIGURES
 
 pytestmark = pytest.mark.slow  # Snakemake runs of the workflow (pytest -m "not slow" skips them)
 
@@ -47,7 +48,7 @@ def test_tiny_stars_chain_on_real_apogee_xp_stars(tmp_path):
     spread = features.loc[features["split"] == "test", "teff"].std()
     assert teff["mae"] < 0.6 * spread, (teff, spread)  # learned something even in 5 tiny epochs
     assert result["scores"]["with_xp"]["age"]["n"] == 0
-    for name in ("residuals", "kiel", "alpha_fe", "age_metallicity", "zscores", "reconstruction"):
+    for name in FIGURES:
         png = wf / f"results/stars/figures/apogee_xp_{name}.png"
         assert png.stat().st_size > 10_000, name
     assert np.isfinite([teff["zscore_std"], teff["nmad"]]).all()

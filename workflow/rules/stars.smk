@@ -5,9 +5,9 @@
 import os
 
 from specfm.stars.dust import SFD_FILES
+from specfm.stars.products import FIGURES as STARS_FIGURES
 
 STARS = config["stars"]
-STARS_FIGURES = ("residuals", "kiel", "alpha_fe", "age_metallicity", "zscores", "reconstruction")
 
 
 def stars_trained(sample):

@@ -196,7 +196,11 @@ def reconstruction_figure(residuals: dict, out) -> None:
 
 
 def write_figures(test: pd.DataFrame, member_path, features, outs: dict) -> None:
-    """outs: residuals, kiel, alpha_fe, age_metallicity, zscores, reconstruction -> PNG paths."""
+    """outs: each of products.FIGURES -> a PNG path."""
+    from .products import FIGURES
+
+    if set(outs) != set(FIGURES):
+        raise ValueError(f"stars figures: expected paths for {sorted(FIGURES)}, got {sorted(outs)}")
     residual_figure(test, outs["residuals"])
     relation_figure(test, outs["kiel"], "teff", "logg", "fe_h", "Kiel diagram", invert="xy")
     relation_figure(test, outs["alpha_fe"], "fe_h", "alpha_fe", None, r"[$\alpha$/Fe] vs [Fe/H]")

@@ -1,0 +1,4 @@
+"""Names of the stars stage's products, in one place for the rule file, the scripts and the tests
+(import-light on purpose: the Snakefile reads it at parse time)."""
+
+FIGURES = ("residuals", "kiel", "alpha_fe", "age_metallicity", "zscores", "reconstruction")
