@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 
 from fakes import copy_workflow
 from specfm.stars.products import FIGURES
@@ -22,14 +22,9 @@ BIN = os.path.dirname(sys.executable)
 METRICS = "results/stars/apogee_xp_metrics.json"
 
 
-def test_tiny_stars_chain_on_real_apogee_xp_stars(tmp_path):
-    wf = copy_workflow(tmp_path / "wf")
-    cmd = [f"{BIN}/snakemake", "--cores", "2", METRICS, "--configfile", "config/config.yaml",
-           "tests/config/tiny.yaml"]
-    proc = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
-    assert proc.returncode == 0, proc.stderr[-5000:]
-
+def test_tiny_stars_chain_on_real_apogee_xp_stars(tiny_demo):
+    """The stars products of the tiny demo run (tests/conftest.py: the README's first command)."""
+    wf, _ = tiny_demo
     verify = subprocess.run([f"{BIN}/specfm", "verify"], cwd=wf, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
