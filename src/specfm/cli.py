@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate config files against the schema")
     check.add_argument("files", nargs="+")
     check.set_defaults(func=_check_config)
+    __import__("specfm.galaxies.cli", fromlist=["add_parser"]).add_parser(sub)  # specfm galaxies predict
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -232,13 +232,7 @@ def _open_cube(path: str | Path, *, redshift: float | None, wave_out, margin_pix
         wcs = _quiet_wcs(header)
         if not wcs.has_celestial:
             raise ValueError(f"{name}: DATA has no celestial (RA/Dec) WCS")
-        i0, i1 = 0, wave.size
-        if redshift is not None:
-            check_coverage(wave, redshift, name, wave_out)
-            lo, hi = rest_edges(wave_out)
-            e = bin_edges(wave)
-            i0 = max(int(np.searchsorted(e, lo * (1 + redshift), side="right")) - 1 - margin_pix, 0)
-            i1 = min(int(np.searchsorted(e, hi * (1 + redshift), side="left")) + margin_pix, wave.size)
+        i0, i1 = plane_range(wave, redshift, name, wave_out, margin_pix)
         var_scale = 1.0
         stat_hdu = hdul["STAT"] if "STAT" in names else None
         if stat_hdu is not None:
@@ -252,6 +246,19 @@ def _open_cube(path: str | Path, *, redshift: float | None, wave_out, margin_pix
         raise
     return _CubeFile(hdul=hdul, data_hdu=data_hdu, stat_hdu=stat_hdu, wave=wave[i0:i1], i0=i0, i1=i1,
                      var_scale=var_scale, bunit=bunit, header=header, wcs_celestial=wcs.celestial, name=name)
+
+
+def plane_range(wave, redshift: float | None, name: str, wave_out=None, margin_pix: int = 8) -> tuple[int, int]:
+    """[i0, i1): the planes of ``wave`` (observed) that the rest-frame output grid needs at
+    ``redshift``, plus ``margin_pix`` each side (all planes without a redshift); checks coverage."""
+    if redshift is None:
+        return 0, int(np.size(wave))
+    check_coverage(wave, redshift, name, wave_out)
+    lo, hi = rest_edges(wave_out)
+    e = bin_edges(wave)
+    i0 = max(int(np.searchsorted(e, lo * (1 + redshift), side="right")) - 1 - margin_pix, 0)
+    i1 = min(int(np.searchsorted(e, hi * (1 + redshift), side="left")) + margin_pix, int(np.size(wave)))
+    return i0, i1
 
 
 def _log_masked(name: str, n_bad: int, n_pix: int, n_empty: int, n_spax: int) -> None:
@@ -471,7 +478,7 @@ def preprocess(
 
 
 def preprocess_file(path: str | Path, redshift: float, *, margin_pix: int = 8, max_chunk_mb: float = 256.0,
-                    **kwargs) -> Bins:
+                    kind: str = "phangs", **kwargs) -> Bins:
     """``preprocess(read_cube(path, redshift=redshift), redshift, ...)`` without holding the cube.
 
     Two passes over strips of spaxel rows read from the file (``section``, no memmap, so untouched
@@ -480,9 +487,17 @@ def preprocess_file(path: str | Path, redshift: float, *, margin_pix: int = 8, m
     the strips and adds each selected spaxel's rebinned spectrum and variance to its bin. Memory:
     one strip (``max_chunk_mb``) + per-spaxel scalars + the per-bin sums (float64 [n_bins, 948] x 2),
     not the cube (several GB for a PHANGS mosaic). The per-bin sums are added spaxel by spaxel in
-    the same order as the in-memory path, so the results are the same bytes.
+    the same order as the in-memory path, so the results are the same bytes. ``kind``: "phangs" (or
+    "mock", the same layout: DATA/STAT) or "manga" (a MaNGA LOGCUBE, `specfm.galaxies.manga`).
     """
     wave_out = kwargs.get("wave_out")
+    if kind == "manga":
+        from .manga import MangaSource
+
+        with MangaSource(path, redshift=redshift, wave_out=wave_out, margin_pix=margin_pix) as src:
+            return _preprocess(src, redshift, max_chunk_mb=max_chunk_mb, **kwargs)
+    if kind not in ("phangs", "mock"):
+        raise ValueError(f"{path}: unknown cube kind {kind!r} (phangs, mock or manga)")
     cf = _open_cube(path, redshift=redshift, wave_out=wave_out, margin_pix=margin_pix, memmap=False)
     with cf.hdul:
         src = _FileSource(cf)

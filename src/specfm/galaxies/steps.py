@@ -287,3 +287,46 @@ def bench(model_path: str | Path, templates_path: str | Path, bins_path: str | P
     write_json_atomic(out, result)
     log.info("benchmark: model %.3g s, pPXF %.3g s per spectrum, ratio %.0f", result["model_seconds_per_spectrum"],
              result["ppxf_seconds_per_spectrum"], result["speed_ratio"])
+
+
+def predict_spectra(spectra, redshifts, model_path: str | Path, templates_path: str | Path, out: str | Path, *,
+                    frame: str | None = None, clip_frac: float = 0.05, ppxf_degree: int | None = None,
+                    max_bad_frac: float = 0.2, code_files=()) -> dict:
+    """A user's single spectra (files; several per file allowed) -> GalProTE table (.parquet/.fits/.csv).
+
+    ``redshifts``: one per spectrum, one for all, or None (each file's own: `single.file_redshifts`).
+    The preprocessing is the cube bins' (`specfm.galaxies.single`); ``ppxf_degree`` adds the pPXF
+    baseline on the same spectra and templates. Returns the table (column -> array)."""
+    import numpy as np
+
+    from .single import file_redshifts, predict_table, read_spectra, write_table
+    from .training import load_galprote
+
+    loaded, per_file = [], []
+    for path in spectra:
+        got = read_spectra(path, frame=frame)
+        loaded += got
+        if redshifts is None:
+            per_file.append(file_redshifts(path, len(got)))
+    z = np.concatenate(per_file) if redshifts is None else np.asarray(redshifts, dtype=float).ravel()
+    if z.size not in (1, len(loaded)):
+        raise ValueError(f"{z.size} redshifts for {len(loaded)} spectra (in {len(spectra)} files): give one, or one "
+                         "per spectrum")
+    templates = read_template_table(templates_path)
+    model, meta = load_galprote(model_path)
+    if (model.cfg.n_z, model.cfg.n_age) != tuple(templates.flux.shape[:2]):
+        raise ValueError(f"{templates_path}: template grid {templates.flux.shape[:2]} ([M/H] x age) is not the "
+                         f"model's ({model.cfg.n_z}, {model.cfg.n_age}) from {model_path}")
+    start = time.perf_counter()
+    table = predict_table(loaded, np.broadcast_to(z, (len(loaded),)), model, templates, clip_frac=clip_frac,
+                          ppxf_degree=ppxf_degree, max_bad_frac=max_bad_frac)
+    write_table(table, out)
+    log.info("GalProTE on %d spectra%s in %.1f s -> %s", len(loaded), " (+ pPXF)" if ppxf_degree is not None else "",
+             time.perf_counter() - start, out)
+    params = {"redshifts": [float(v) for v in np.broadcast_to(z, (len(loaded),))], "frame": frame,
+              "clip_frac": clip_frac, "ppxf_degree": ppxf_degree, "max_bad_frac": max_bad_frac}
+    inputs = {"model": model_path, "templates": templates_path, **{f"spectrum_{i}": p for i, p in enumerate(spectra)}}
+    provenance.write(out, inputs=inputs, params=params, code=[*MODEL_CODE, "specfm.galaxies.single",
+                     "specfm.galaxies.preprocessing", "specfm.galaxies.cube", "specfm.galaxies.manga",
+                     "specfm.galaxies.ppxf_fit"], code_files=code_files, step="galaxies_predict_spectra")
+    return table
