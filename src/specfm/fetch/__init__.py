@@ -7,7 +7,7 @@ file by hand. Importable without Snakemake.
 
 from .errors import ArchiveError, ChecksumError, FetchError
 from .http import download
-from .lock import ChecksumLock
+from .lock import ChecksumLock, redact_url
 from .registry import extract_members, pip_download
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "download",
     "extract_members",
     "pip_download",
+    "redact_url",
 ]

@@ -27,7 +27,7 @@ from specfm import __version__
 from specfm.io import sha256_file
 
 from .errors import ChecksumError, FetchError, checksum_hint
-from .lock import ChecksumLock
+from .lock import ChecksumLock, redact_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +94,19 @@ def download(
             _fetch(url, part, retries=retries, backoff=backoff, timeout=timeout, progress=progress)
             actual = sha256_file(part)
             if expected and actual != expected and inherited:
-                log.warning("%s: resumed bytes do not verify; fetching %s again from zero", part, url)
+                log.warning("%s: resumed bytes do not verify; fetching %s again from zero", part,
+                            redact_url(url))
                 part.unlink()
                 _fetch(url, part, retries=retries, backoff=backoff, timeout=timeout, progress=progress)
                 actual = sha256_file(part)
         except _GiveUp as exc:
-            last = f"{url}: {exc}"
+            last = f"{redact_url(url)}: {scrub(str(exc), url)}"
             log.warning("giving up on %s", last)
             continue
         try:
             if expected and actual != expected:
                 raise ChecksumError(
-                    f"sha256 mismatch for {dest} fetched from {url}: expected {expected} ({source}), "
+                    f"sha256 mismatch for {dest} fetched from {redact_url(url)}: expected {expected} ({source}), "
                     f"got {actual}; the download was deleted"
                 )
             _record(lock, lock_key, actual, part, url)
@@ -116,7 +117,7 @@ def download(
         return actual
 
     raise FetchError(
-        f"could not fetch {dest.name}: tried {', '.join(urls)}; last error: {last}; "
+        f"could not fetch {dest.name}: tried {', '.join(map(redact_url, urls))}; last error: {last}; "
         f"place the file by hand at {dest} ({checksum_hint(expected, lock)})"
     )
 
@@ -156,7 +157,8 @@ def _fetch(url: str, part: Path, *, retries: int, backoff: float, timeout: float
             if attempt > retries:
                 raise _GiveUp(f"{error} (gave up after {retries} retries)")
             delay = min(MAX_WAIT, max(wait, backoff * 2 ** (attempt - 1)))
-            log.warning("%s: %s; retry %d/%d in %.2f s", url, error, attempt, retries, delay)
+            log.warning("%s: %s; retry %d/%d in %.2f s", redact_url(url), scrub(error, url), attempt,
+                        retries, delay)
             time.sleep(delay)
 
 
@@ -182,7 +184,7 @@ def _get_once(session: requests.Session, url: str, part: Path, *, timeout: float
                 part.unlink(missing_ok=True)
                 raise _Retry("unexpected Content-Range; restarting from zero")
         elif offset:
-            log.info("%s ignored the Range request; restarting from zero", url)
+            log.info("%s ignored the Range request; restarting from zero", redact_url(url))
             offset = 0
         length = r.headers.get("Content-Length", "")
         total = offset + int(length) if length.isdigit() else None

@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Iterator, Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 
@@ -26,8 +27,43 @@ HEADER = (
     "# Written by specfm.fetch; delete an entry to accept a legitimately changed upstream file.\n"
 )
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# Query parameters that carry credentials (signed URLs, API keys): never written down.
+_SECRET_PARAM = re.compile(r"token|key|secret|pass|pwd|auth|sig|credential|session|^x-amz-|^x-goog-",
+                           re.IGNORECASE)
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml is ~20x faster on a long lock file
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def redact_url(url: str) -> str:
+    """`url` without user:password@, secret-looking query parameters and the fragment.
+
+    The lock file is committed and logs are shared, so a mirror URL with credentials in it must
+    reach neither as given. Not a URL (e.g. "pip download ..."): returned unchanged.
+    """
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _SECRET_PARAM.search(k)]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of `url` (password, user, secret query values), to scrub from error texts."""
+    parts = urlsplit(url)
+    found = [parts.password, parts.username]
+    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_PARAM.search(k)]
+    return sorted({s for s in found if s and len(s) >= 3}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (e.g. a requests error that quotes the URL) with the secrets of `url` replaced by ***."""
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 class ChecksumLock:
@@ -65,7 +101,7 @@ class ChecksumLock:
 
         Safe under concurrency: several processes or threads may record at once.
         """
-        entry = {"sha256": sha256, "size": size, "url": url}
+        entry = {"sha256": sha256, "size": size, "url": redact_url(url) if url else url}
         with self._locked():
             data = self.read()
             old = data.get(key)

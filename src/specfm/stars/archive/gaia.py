@@ -134,8 +134,10 @@ def credentials(url: str, environ=os.environ, netrc_path: str | None = None) -> 
         auth = netrc.netrc(netrc_path).authenticators(host)
     except FileNotFoundError:
         return None
-    except netrc.NetrcParseError as exc:
-        raise ValueError(f"{exc.filename}: cannot parse netrc ({exc.msg}, line {exc.lineno})") from None
+    except netrc.NetrcParseError as exc:  # exc.msg quotes the offending token: it may be a password
+        where = exc.filename or netrc_path or "~/.netrc"
+        what = re.sub(r"'[^']*'", "(token not shown)", exc.msg or "malformed")
+        raise ValueError(f"{where}: cannot parse netrc near line {exc.lineno}: {what}") from None
     return (auth[0], auth[2]) if auth and auth[0] and auth[2] else None
 
 
