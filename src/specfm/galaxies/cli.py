@@ -15,6 +15,13 @@ import argparse
 import sys
 
 
+def _redshifts(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a redshift or a comma-separated list of them") from None
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `specfm galaxies ...` on the top-level sub-parsers of `specfm.cli.main`."""
     galaxies = subparsers.add_parser("galaxies", help="GalProTE on your own spectra (see `specfm galaxies -h`)")
@@ -27,8 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="GalProTE model file (the galaxies_train product)")
     p.add_argument("--templates", required=True, help="template table the model was trained on (HDF5)")
     z = p.add_mutually_exclusive_group(required=True)
-    z.add_argument("--z", type=float, nargs="+", metavar="Z",
-                   help="redshift: one for all spectra, or one per spectrum in order")
+    z.add_argument("--z", type=_redshifts, metavar="Z[,Z...]",
+                   help="redshift: one for all spectra, or a comma-separated list, one per spectrum in order")
     z.add_argument("--z-from-file", action="store_true",
                    help="use each file's redshift (MaNGA Z extension, SDSS SPECOBJ Z)")
     p.add_argument("--out", required=True, help="output table: .parquet, .fits or .csv")

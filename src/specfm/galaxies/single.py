@@ -284,7 +284,8 @@ def prepare(spectra: list[Spectrum], redshifts, *, wave_out, max_bad_frac: float
 
 COLUMNS = ("spectrum", "source", "redshift", "frame", "log_age", "mh", "av", "resid_mean", "resid_std", "snr",
            "n_interpolated", "n_filtered")
-PPXF_COLUMNS = ("ppxf_log_age", "ppxf_mh", "ppxf_av", "ppxf_resid_mean", "ppxf_resid_std", "ppxf_ok")
+PPXF_COLUMNS = ("ppxf_log_age", "ppxf_mh", "ppxf_av", "ppxf_resid_mean", "ppxf_resid_std", "ppxf_vel", "ppxf_sigma",
+                "ppxf_ok")
 
 
 def predict_table(spectra: list[Spectrum], redshifts, model, templates, *, clip_frac: float = 0.05,
@@ -312,12 +313,12 @@ def predict_table(spectra: list[Spectrum], redshifts, model, templates, *, clip_
         res = fit_bins(bins, templates, degree=ppxf_degree, progress=False)
         table.update({"ppxf_log_age": res["LOGAGE"], "ppxf_mh": res["MH"], "ppxf_av": res["AV"],
                       "ppxf_resid_mean": res["RESID_MEAN"], "ppxf_resid_std": res["RESID_STD"],
-                      "ppxf_ok": res["OK"]})
+                      "ppxf_vel": res["VEL"], "ppxf_sigma": res["SIGMA"], "ppxf_ok": res["OK"]})
     return table
 
 
 UNITS = {"redshift": "", "log_age": "log10(yr)", "mh": "dex", "av": "mag", "ppxf_log_age": "log10(yr)",
-         "ppxf_mh": "dex", "ppxf_av": "mag"}
+         "ppxf_mh": "dex", "ppxf_av": "mag", "ppxf_vel": "km/s", "ppxf_sigma": "km/s"}
 
 
 def write_table(table: dict, path: str | Path) -> None:
