@@ -9,7 +9,7 @@ with rule_logging(snakemake.log[0]):
     fetch_source(
         snakemake.params.name,
         snakemake.params.source,
-        Path(snakemake.output[0]),
+        Path(snakemake.output.archive),
         lock_path=snakemake.params.lock,
         **snakemake.params.fetch,
     )

@@ -1,4 +1,4 @@
-"""Rule entry point: unpack the declared members of a fetched archive and list them with sha256."""
+"""Rule entry point: check a fetched archive against its pin, unpack the declared members, list them with sha256."""
 
 from pathlib import Path
 
@@ -6,4 +6,5 @@ from specfm.fetch.sources import unpack_source
 from specfm.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    unpack_source(Path(snakemake.input[0]), snakemake.params.members, Path(snakemake.output[0]))
+    unpack_source(Path(snakemake.input.archive), snakemake.params.members, Path(snakemake.output.manifest),
+                  **snakemake.params.pin)

@@ -108,13 +108,18 @@ def check_record(record_file: str | Path, base: str | Path = ".") -> list[Drift]
     record_file = Path(record_file)
     try:
         record = json.loads(record_file.read_text())
-        product = record["product"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        return [Drift(str(record_file), f"unreadable provenance record ({exc})")]
+        entries = [("product", record["product"])]
+        entries += [(f"input '{k}'", v) for k, v in (record.get("inputs") or {}).items()]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        return [Drift(str(record_file), f"unreadable provenance record ({type(exc).__name__}: {exc})")]
     base = Path(base)
     found = []
-    entries = [("product", product)] + [(f"input '{k}'", v) for k, v in record.get("inputs", {}).items()]
     for role, entry in entries:
+        missing = [k for k in ("path", "sha256") if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            found.append(Drift(str(record_file), f"{role} entry has no {' or '.join(map(repr, missing))}: "
+                                                 "not a usable provenance record"))
+            continue
         path = base / entry["path"]
         if not path.is_file():
             found.append(Drift(entry["path"], f"{role} missing (recorded in {record_file})"))
@@ -129,8 +134,50 @@ def find_records(root: str | Path) -> list[Path]:
     return sorted(Path(root).rglob("*" + SUFFIX))
 
 
+# Under a scanned root, directories whose files are not products: resumable training state and
+# timings (which differ run to run, so they have no content record).
+UNRECORDED_DIRS = ("checkpoints", "bench")
+
+
+def _recorded_paths(records: Iterable[Path], base: Path) -> set[Path]:
+    """Every product and input path the records vouch for (resolved)."""
+    out = set()
+    for record_file in records:
+        try:
+            record = json.loads(record_file.read_text())
+            entries = [record["product"], *(record.get("inputs") or {}).values()]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            continue  # check_record reports it
+        out.update((base / e["path"]).resolve() for e in entries if isinstance(e, dict) and "path" in e)
+    return out
+
+
+def unrecorded(root: str | Path, records: Iterable[Path], base: str | Path = ".") -> list[Drift]:
+    """Files under `root` that no record vouches for: neither a product with its own record nor an
+    input a record lists (hidden temporaries and UNRECORDED_DIRS aside)."""
+    root, base = Path(root), Path(base)
+    vouched = _recorded_paths(records, base)
+    found = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).parts
+        if (not path.is_file() or path.name.endswith(SUFFIX) or any(p.startswith(".") for p in rel)
+                or any(p in UNRECORDED_DIRS for p in rel[:-1])):
+            continue
+        if path.resolve() not in vouched and not record_path(path).exists():
+            found.append(Drift(str(path), "no provenance record (and no record lists it as an input): "
+                                          "nothing vouches for it"))
+    return found
+
+
 def verify_tree(roots: Iterable[str | Path], base: str | Path = ".") -> tuple[int, list[Drift]]:
-    """Check every record under `roots`; return (number of records, drifts)."""
-    records = [r for root in roots if Path(root).exists() for r in find_records(root)]
-    drifts = [d for r in records for d in check_record(r, base)]
+    """Check every record under `roots`, and every file there that no record vouches for; return
+    (number of records, problems). A missing root, or roots holding no record, is a problem too."""
+    roots = [Path(r) for r in roots]
+    drifts = [Drift(str(r), "does not exist (nothing to verify)") for r in roots if not r.is_dir()]
+    records = [rec for r in roots if r.is_dir() for rec in find_records(r)]
+    drifts += [d for rec in records for d in check_record(rec, base)]
+    drifts += [d for r in roots if r.is_dir() for d in unrecorded(r, records, base)]
+    if not records:
+        drifts.append(Drift(", ".join(map(str, roots)), "no provenance records found: nothing was verified "
+                                                        "(has the workflow run in this directory?)"))
     return len(records), drifts
