@@ -63,12 +63,24 @@ def _masked_var(flux, ivar, mask, bits) -> tuple[np.ndarray, np.ndarray]:
     return flux, var
 
 
+class _Section:
+    """``section[i0:i1, rows]`` spelt ``_Section(section, i0, i1)[:, rows]`` (reads only those bytes)."""
+
+    def __init__(self, section, i0: int, i1: int):
+        self.section, self.i0, self.i1 = section, i0, i1
+
+    def __getitem__(self, key):
+        return self.section[self.i0 : self.i1, key[1]]
+
+
 class MangaSource:
     """Row strips of a MaNGA LOGCUBE for `cube._preprocess` (the interface of `cube._FileSource`)."""
 
     def __init__(self, path: str | Path, *, redshift: float, wave_out=None, margin_pix: int = 8, bits=MASK_BITS):
         self.name = name = str(path)
         self.bits = dict(bits)
+        self.gzipped = str(path).lower().endswith(".gz")
+        self._cache: dict = {}
         self.n_bad = self.n_pix = self.n_empty = 0
         try:
             self.hdul = fits.open(path, memmap=False)
@@ -116,9 +128,8 @@ class MangaSource:
         self.shape = tuple(flux.shape[1:])
 
     def read(self, y0: int, y1: int, first: bool) -> tuple[np.ndarray, np.ndarray]:
-        planes, rows = slice(self.i0, self.i1), slice(y0, y1)
         try:
-            flux, ivar, mask = (self.hdul[e].section[planes, rows] for e in ("FLUX", "IVAR", "MASK"))
+            flux, ivar, mask = (self._planes(e)[:, y0:y1] for e in ("FLUX", "IVAR", "MASK"))
         except Exception as exc:
             raise ValueError(f"{self.name}: cannot read the cube data ({type(exc).__name__}: {exc})") from exc
         flux, var = _masked_var(flux, ivar, mask, self.bits)
@@ -128,6 +139,16 @@ class MangaSource:
             self.n_pix += flux.size
             self.n_empty += int((~np.any(np.isfinite(flux), axis=0)).sum())
         return flux, var
+
+    def _planes(self, ext: str):
+        """The needed planes of ``ext``: file sections (only those bytes) for a plain FITS file; for a
+        gzipped one (DR17 ships ``.fits.gz``) the planes are decompressed once and kept, since each
+        section of a gzip stream would decompress it again from the start."""
+        if not self.gzipped:
+            return _Section(self.hdul[ext].section, self.i0, self.i1)
+        if ext not in self._cache:
+            self._cache[ext] = np.asarray(self.hdul[ext].data[self.i0 : self.i1])
+        return self._cache[ext]
 
     def __enter__(self):
         return self
@@ -168,7 +189,7 @@ def write_manga_cube(path: str | Path, wave_vac, flux, ivar, mask, wcs_celestial
     for key in ("CTYPE1", "CTYPE2", "CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2", "CUNIT1", "CUNIT2"):
         if key in cel:
             hdr[key] = cel[key]
-    pc = wcs_celestial.wcs.get_pc() * wcs_celestial.wcs.cdelt[:, None]
+    pc = wcs_celestial.pixel_scale_matrix  # the CD matrix, whichever form the WCS was given in
     for i in range(2):
         for j in range(2):
             hdr[f"CD{i + 1}_{j + 1}"] = float(pc[i, j])
