@@ -1,20 +1,30 @@
 """Small file helpers shared by every stage: hashing and atomic writes.
 
 Every product is written under a temporary name in the same directory and renamed into place only
-when complete, so a killed or requeued job never leaves a file that looks finished.
+when complete, so a killed or requeued job never leaves a file that looks finished. The temporary's
+name holds the writer's pid and host, so the next write of the same product can tell the litter of
+a writer that was killed (SIGKILL leaves no chance to clean up) from a live writer's file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 CHUNK = 1 << 20
+HOST = socket.gethostname().replace("/", "_")
+STALE_ELSEWHERE_S = 3600  # a temporary of another host's writer untouched this long is stale
+log = logging.getLogger(__name__)
 
 
 def _read_umask() -> int:
@@ -40,16 +50,56 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of `path` left by writers that are gone; return what was removed.
+
+    Stale: this host's writer whose pid is no longer running, another host's untouched for
+    STALE_ELSEWHERE_S, or a name without pid and host (written before names carried them).
+    """
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.tmp-(?:(\d+)@(.+)-)?[^-]*{re.escape(path.suffix)}$")
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        m = pattern.match(tmp.name)
+        if m is None or not tmp.is_file():
+            continue
+        pid, host = (int(m.group(1)), m.group(2)) if m.group(1) else (None, None)
+        if pid is None:
+            stale = True
+        elif host == HOST:
+            stale = pid != os.getpid() and not _alive(pid)
+        else:
+            stale = time.time() - tmp.stat().st_mtime > STALE_ELSEWHERE_S
+        if stale:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+            log.info("removed %s, left by a writer of %s that was killed", tmp, path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    The temporary name keeps the real suffix (``.foo.parquet.tmp-XXXX.parquet``) so libraries that
-    pick a writer from the extension (astropy, matplotlib) still work.
+    The temporary name keeps the real suffix (``.foo.h5.tmp-<pid>@<host>-XXXX.h5``) so libraries
+    that pick a writer from the extension (astropy, matplotlib) still work. Stale temporaries of
+    `path` (remove_stale_temporaries) are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}@{HOST}-", suffix=path.suffix,
+                               dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

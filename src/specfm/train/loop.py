@@ -50,6 +50,10 @@ class Preempted(SystemExit):
         super().__init__(EXIT_PREEMPTED)
         self.checkpoint, self.epoch, self.step = checkpoint, epoch, step
 
+    def __str__(self) -> str:  # the reason specfm.logs.rule_logging writes as the job's last line
+        return (f"preempted by SIGTERM at epoch {self.epoch}, step {self.step}; checkpoint "
+                f"{self.checkpoint or 'by rank 0'}; exit {EXIT_PREEMPTED} (a rerun resumes)")
+
 
 @dataclass
 class FitResult:
@@ -139,9 +143,9 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], torch.
 
     loss_fn(model, batch) -> scalar mean loss over the batch; `batch` is what the dataset yields
     (collated), moved to `device`. train_data may be a `ParquetBatchStream` (rows streamed from
-    Parquet through a shuffle buffer; its order depends on seed and epoch only, so resume is
-    exact). Under DDP `model` is the DDP wrapper while training: call `model(...)`, not other
-    methods. Build the optimizer (and scheduler) on model.parameters()
+    Parquet through a shuffle buffer, decoded by its own workers; its order depends on seed and
+    epoch only, so resume is exact). Under DDP `model` is the DDP wrapper while training: call
+    `model(...)`, not other methods. Build the optimizer (and scheduler) on model.parameters()
     before calling. scheduler_interval: "epoch" or "step" (ReduceLROnPlateau: per epoch, on the
     validation loss). patience: epochs without improvement by more than min_delta before
     stopping (None: never). fingerprint: anything JSON-able that identifies the run (config,
@@ -221,7 +225,8 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], torch.
         while st["epoch"] < max_epochs and not st["finished"]:
             epoch, t0 = st["epoch"], time.time()
             if streamed:
-                loader = train_data.batches(epoch, batch_size, skip=st["step"])
+                loader = train_data.batches(epoch, batch_size, skip=st["step"],
+                                            pin_memory=device.type == "cuda")
             else:
                 sampler.start(epoch, skip=st["step"] * batch_size)
                 loader = make_loader(train_data, sampler, batch_size, device, num_workers,
