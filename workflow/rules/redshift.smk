@@ -1,23 +1,113 @@
-# redshift: SpecPT (seed 002). DESI spectra -> autoencoder -> redshift head, k-fold.
-# No issue is open for it yet; the rules fix the layout of its products.
+# redshift: SpecPT (seed 002) with Redrock side by side (issue 8).
+#
+#   sample (mock | desi_files | desi) -> spectra.h5 (one grid, split) -> autoencoder -> fold models
+#   -> SpecPT z (fold mean, spread) + latents;  SSPs -> Redrock PCA templates -> Redrock full scan and
+#   hybrid (SpecPT-narrowed) on the test split -> catalogue -> metrics + figures; speed benchmark.
+# A sample with `model: OTHER` (e.g. the real DESI fixtures) is predicted by OTHER's models.
 
 RZ = config["redshift"]
+RZ_FIGURES = ("reconstructions", "z_vs_true", "residual_hist", "residual_zbins", "umap")
+RZ_TEMPLATES = "results/interim/redshift/rr_templates.fits"
+RZ_SPEED = "results/bench/redshift_speed.json"
+
+
+def redshift_trained(sample):
+    """The sample whose models predict `sample`: its `model`, or itself."""
+    return RZ["samples"][sample].get("model") or sample
 
 
 def redshift_targets():
-    return [f"results/redshift/{sample}_metrics.json" for sample in RZ["build"]]
+    out = [f"results/redshift/{s}_{kind}" for s in RZ["build"] for kind in ("redshifts.parquet", "metrics.json")]
+    out += [f"results/redshift/figures/{s}_{name}.png" for s in RZ["build"] for name in RZ_FIGURES]
+    if RZ["bench"]["sample"]:
+        out.append(RZ_SPEED)
+    return out
+
+
+def redshift_demo_targets():
+    return redshift_targets()
+
+
+def redshift_metrics_files():
+    return [f"results/redshift/{s}_metrics.json" for s in RZ["build"]]
+
+
+def redshift_report_figures():
+    """(figure, caption) pairs for the HTML report."""
+    return [(f"results/redshift/figures/{s}_{name}.png", f"workflow/report/redshift_{name}.rst")
+            for s in RZ["build"] for name in RZ_FIGURES]
+
+
+def redshift_trained_sample(wildcards):
+    return redshift_trained(wildcards.sample)
 
 
 def redshift_sample_input(wildcards):
+    """What a sample's spectra are built from: the SSP manifest (mock), a source's manifest of coadd +
+    redrock files (desi_files), or the fetched healpix files (desi)."""
     sample = RZ["samples"][wildcards.sample]
-    return manifest_path(sample["source"]) if "source" in sample else []
+    if sample["kind"] == "desi":
+        return desi_pixel_files(wildcards.sample)
+    return [manifest_path(sample["source"])]
+
+
+def redshift_kind(wildcards):
+    return RZ["samples"][wildcards.sample]["kind"]
+
+
+def redshift_seed(wildcards):
+    return derived_seed("redshift_spectra", wildcards.sample)
+
+
+def redshift_fold_seed(wildcards):
+    return derived_seed("redshift_fold", wildcards.sample, wildcards.fold)
 
 
 def redshift_folds(wildcards):
-    return [f"results/models/redshift/{wildcards.sample}_fold{k}.pt" for k in range(RZ["folds"])]
+    trained = redshift_trained(wildcards.sample)
+    return [f"results/models/redshift/{trained}_fold{k}.pt" for k in range(RZ["folds"])]
+
+
+def redshift_autoencoder(wildcards):
+    return f"results/models/redshift/{redshift_trained(wildcards.sample)}_autoencoder.pt"
+
+
+def redshift_ablation_models(wildcards):
+    if redshift_trained(wildcards.sample) != wildcards.sample:
+        return []
+    return [f"results/models/redshift/{wildcards.sample}_fold0_{p}.pt" for p in RZ["ablation"]["pooling"]]
+
+
+def redshift_finetune_settings():
+    """Fold training: epochs / patience / batch size from redshift.train, the rest from finetune."""
+    t = RZ["train"]
+    return {"epochs": t["epochs"], "patience": t["patience"], "batch_size": t["batch_size"], **RZ["finetune"]}
+
+
+def redshift_head(pooling=None):
+    return {**RZ["head"], **({"pooling": pooling} if pooling else {})}
+
+
+def redshift_ablation_head(wildcards):
+    return redshift_head(wildcards.pooling)
+
+
+def redshift_timings(wildcards):
+    s = wildcards.sample
+    return {"specpt": f"results/interim/redshift/{s}_specpt.timing.json",
+            "redrock": f"results/interim/redshift/{s}_redrock.timing.json",
+            "hybrid": f"results/interim/redshift/{s}_hybrid.timing.json"}
+
+
+def redshift_bench_input(wildcards):
+    s = RZ["bench"]["sample"]
+    return {"spectra": f"results/interim/redshift/{s}_spectra.h5", "templates": RZ_TEMPLATES,
+            "folds": [f"results/models/redshift/{redshift_trained(s)}_fold{k}.pt" for k in range(RZ["folds"])]}
 
 
 rule redshift_spectra:
+    """Sample -> arms merged by inverse variance onto redshift.grid, masked, median-normalised, split
+    by a stable hash of TARGETID (chunked HDF5)."""
     input:
         redshift_sample_input,
     output:
@@ -26,33 +116,63 @@ rule redshift_spectra:
         "logs/redshift/{sample}_spectra.log",
     cache: True
     params:
-        **pending("redshift (not yet filed)"),
+        kind=redshift_kind,
+        grid=RZ["grid"],
+        mock=RZ["mock"],
+        seed=redshift_seed,
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=60,
     script:
-        "../../scripts/pending.py"
+        "../../scripts/redshift_spectra.py"
+
+
+rule redshift_rr_templates:
+    """Redrock PCA templates from the E-MILES SSPs + emission lines (Redrock's BASIS_VECTORS layout)."""
+    input:
+        manifest_path(RZ["redrock"]["source"]),
+    output:
+        with_prov(RZ_TEMPLATES),
+    log:
+        "logs/redshift/rr_templates.log",
+    cache: True
+    params:
+        n_basis=RZ["redrock"]["n_basis"],
+        n_galaxies=RZ["redrock"]["n_galaxies"],
+        blue=RZ["redrock"]["template_blue"],
+        seed=derived_seed("redshift_rr_templates"),
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    script:
+        "../../scripts/redshift_rr_templates.py"
 
 
 rule redshift_pretrain:
+    """SpecPT autoencoder: masked reconstruction on the train split (GPU if granted)."""
     input:
-        "results/interim/redshift/{sample}_spectra.h5",
+        spectra="results/interim/redshift/{sample}_spectra.h5",
     output:
         with_prov("results/models/redshift/{sample}_autoencoder.pt"),
     log:
         "logs/redshift/{sample}_pretrain.log",
+    benchmark:
+        "results/bench/rules/redshift_pretrain_{sample}.tsv"
     params:
-        **pending("redshift (not yet filed)"),
-    threads: 2
+        arch=RZ["model"],
+        train=RZ["pretrain"],
+        seed=derived_seed("redshift_pretrain"),
+    threads: RZ["train"]["threads"]
     resources:
         gpu=train_resources("redshift", "gpu"),
         mem_mb=train_resources("redshift", "mem_mb"),
         runtime=train_resources("redshift", "runtime"),
     script:
-        "../../scripts/pending.py"
+        "../../scripts/redshift_pretrain.py"
 
 
 rule redshift_train_fold:
+    """One fold: pretrained encoder + residual-MLP / attention / Softplus head, NMAD loss (eq. 3)."""
     input:
         spectra="results/interim/redshift/{sample}_spectra.h5",
         autoencoder="results/models/redshift/{sample}_autoencoder.pt",
@@ -60,30 +180,249 @@ rule redshift_train_fold:
         with_prov("results/models/redshift/{sample}_fold{fold}.pt"),
     log:
         "logs/redshift/{sample}_fold{fold}.log",
+    benchmark:
+        "results/bench/rules/redshift_train_fold_{sample}_{fold}.tsv"
     params:
-        **pending("redshift (not yet filed)"),
-    threads: 2
+        folds=RZ["folds"],
+        head=redshift_head(),
+        train=redshift_finetune_settings(),
+        seed=redshift_fold_seed,
+    threads: RZ["train"]["threads"]
     resources:
         gpu=train_resources("redshift", "gpu"),
         mem_mb=train_resources("redshift", "mem_mb"),
         runtime=train_resources("redshift", "runtime"),
     script:
-        "../../scripts/pending.py"
+        "../../scripts/redshift_train_fold.py"
 
 
-rule redshift_metrics:
+rule redshift_ablation:
+    """Fold 0 again with another head pooling (the choice the paper leaves open), for the metrics."""
     input:
         spectra="results/interim/redshift/{sample}_spectra.h5",
+        autoencoder="results/models/redshift/{sample}_autoencoder.pt",
+    output:
+        with_prov("results/models/redshift/{sample}_fold0_{pooling}.pt"),
+    log:
+        "logs/redshift/{sample}_fold0_{pooling}.log",
+    benchmark:
+        "results/bench/rules/redshift_ablation_{sample}_{pooling}.tsv"
+    wildcard_constraints:
+        pooling="flatten|mean",
+    params:
+        fold=0,
+        folds=RZ["folds"],
+        head=redshift_ablation_head,
+        train=redshift_finetune_settings(),
+        seed=derived_seed("redshift_fold", "ablation", 0),
+    threads: RZ["train"]["threads"]
+    resources:
+        gpu=train_resources("redshift", "gpu"),
+        mem_mb=train_resources("redshift", "mem_mb"),
+        runtime=train_resources("redshift", "runtime"),
+    script:
+        "../../scripts/redshift_train_fold.py"
+
+
+rule redshift_predict:
+    """Every fold model on every spectrum: z = fold mean, z_err = fold spread; autoencoder latents."""
+    input:
+        spectra="results/interim/redshift/{sample}_spectra.h5",
+        autoencoder=redshift_autoencoder,
         folds=redshift_folds,
     output:
-        "results/redshift/{sample}_metrics.json",
+        table=with_prov("results/interim/redshift/{sample}_specpt.parquet"),
+        latents=with_prov("results/interim/redshift/{sample}_latents.npy"),
+        timing="results/interim/redshift/{sample}_specpt.timing.json",
     log:
-        "logs/redshift/{sample}_metrics.log",
-    params:
-        **pending("redshift (not yet filed)"),
+        "logs/redshift/{sample}_predict.log",
+    benchmark:
+        "results/bench/rules/redshift_predict_{sample}.tsv"
+    threads: RZ["train"]["threads"]
     resources:
         gpu=train_resources("redshift", "gpu"),
         mem_mb=4000,
+        runtime=30,
+    script:
+        "../../scripts/redshift_predict.py"
+
+
+rule redshift_redrock:
+    """Redrock, full chi^2 scan over redshift.redrock z range, on the test split (first n_max by hash)."""
+    input:
+        spectra="results/interim/redshift/{sample}_spectra.h5",
+        templates=RZ_TEMPLATES,
+    output:
+        table=with_prov("results/interim/redshift/{sample}_redrock.parquet"),
+        timing="results/interim/redshift/{sample}_redrock.timing.json",
+    log:
+        "logs/redshift/{sample}_redrock.log",
+    cache: True
+    params:
+        redrock=RZ["redrock"],
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    script:
+        "../../scripts/redshift_redrock.py"
+
+
+rule redshift_hybrid:
+    """Redrock scanning only SpecPT's z +- window (redshift.hybrid) on the same spectra."""
+    input:
+        spectra="results/interim/redshift/{sample}_spectra.h5",
+        templates=RZ_TEMPLATES,
+        specpt="results/interim/redshift/{sample}_specpt.parquet",
+    output:
+        table=with_prov("results/interim/redshift/{sample}_hybrid.parquet"),
+        timing="results/interim/redshift/{sample}_hybrid.timing.json",
+    log:
+        "logs/redshift/{sample}_hybrid.log",
+    benchmark:
+        "results/bench/rules/redshift_hybrid_{sample}.tsv"
+    params:
+        redrock=RZ["redrock"],
+        hybrid=RZ["hybrid"],
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../../scripts/redshift_redrock.py"
+
+
+rule redshift_catalogue:
+    """One row per spectrum: SpecPT, Redrock and hybrid z, truth / catalogue z, flags."""
+    input:
+        spectra="results/interim/redshift/{sample}_spectra.h5",
+        specpt="results/interim/redshift/{sample}_specpt.parquet",
+        redrock="results/interim/redshift/{sample}_redrock.parquet",
+        hybrid="results/interim/redshift/{sample}_hybrid.parquet",
+    output:
+        with_prov("results/redshift/{sample}_redshifts.parquet"),
+    log:
+        "logs/redshift/{sample}_catalogue.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/redshift_catalogue.py"
+
+
+rule redshift_metrics:
+    """NMAD (eq. 4), eta, bias, R^2, per z / S/N bin, speed, ablation, headline + figures (Figs 5-13)."""
+    input:
+        unpack(redshift_timings),
+        catalogue="results/redshift/{sample}_redshifts.parquet",
+        spectra="results/interim/redshift/{sample}_spectra.h5",
+        autoencoder=redshift_autoencoder,
+        latents="results/interim/redshift/{sample}_latents.npy",
+        folds=redshift_folds,
+        ablation=redshift_ablation_models,
+    output:
+        metrics=report("results/redshift/{sample}_metrics.json", caption="../report/redshift_metrics.rst",
+                       category="redshift"),
+        **{
+            name: report(f"results/redshift/figures/{{sample}}_{name}.png",
+                         caption=f"../report/redshift_{name}.rst", category="redshift")
+            for name in RZ_FIGURES
+        },
+    log:
+        "logs/redshift/{sample}_metrics.log",
+    benchmark:
+        "results/bench/rules/redshift_metrics_{sample}.tsv"
+    params:
+        trained_on=redshift_trained_sample,
+        seed=derived_seed("redshift_metrics"),
+    resources:
+        mem_mb=4000,
         runtime=20,
     script:
-        "../../scripts/pending.py"
+        "../../scripts/redshift_metrics.py"
+
+
+rule redshift_bench:
+    """SpecPT, Redrock and the hybrid timed in one process, one thread, on the same test spectra."""
+    input:
+        unpack(redshift_bench_input),
+    output:
+        RZ_SPEED,
+    log:
+        "logs/redshift/bench.log",
+    benchmark:
+        "results/bench/rules/redshift_bench.tsv"
+    params:
+        n=RZ["bench"]["n"],
+        redrock=RZ["redrock"],
+        hybrid=RZ["hybrid"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../../scripts/redshift_bench.py"
+
+
+# --- desi kind (full scale, network): zcatalog -> cuts -> one fetch job per healpix pixel ---
+
+
+def desi_pixel_files(sample):
+    """The coadd + redrock files of the pixels that hold selected targets (after the selection checkpoint)."""
+    table = checkpoints.redshift_select.get(sample=sample).output.pixels
+    import json as _json
+
+    pixels = _json.loads(open(table).read())["pixels"]
+    return [f"resources/redshift/{sample}/{p['survey']}/{p['program']}/{p['healpix']}/{kind}-{p['survey']}-"
+            f"{p['program']}-{p['healpix']}.fits" for p in pixels for kind in ("coadd", "redrock")]
+
+
+def redshift_zcatalog(wildcards):
+    return archive_path(RZ["samples"][wildcards.sample]["zcatalog"])
+
+
+def redshift_cuts(wildcards):
+    return RZ["samples"][wildcards.sample].get("cuts", RZ["cuts"])
+
+
+def redshift_max_targets(wildcards):
+    return RZ["samples"][wildcards.sample].get("max_targets")
+
+
+checkpoint redshift_select:
+    """zcatalog -> BGS / ELG cuts (redshift.cuts) -> selected targets and the healpix pixels holding them."""
+    input:
+        redshift_zcatalog,
+    output:
+        targets=with_prov("results/interim/redshift/{sample}_selection.parquet"),
+        pixels="results/interim/redshift/{sample}_pixels.json",
+    log:
+        "logs/redshift/{sample}_select.log",
+    params:
+        cuts=redshift_cuts,
+        max_targets=redshift_max_targets,
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    script:
+        "../../scripts/redshift_select.py"
+
+
+rule redshift_fetch_pixel:
+    """One healpix pixel's coadd or redrock file from the DESI public tree (TOFU checksum in the lock)."""
+    output:
+        "resources/redshift/{sample}/{survey}/{program}/{healpix}/{kind}-{survey}-{program}-{healpix}.fits",
+    log:
+        "logs/redshift/fetch/{sample}_{survey}_{program}_{healpix}_{kind}.log",
+    wildcard_constraints:
+        kind="coadd|redrock",
+        healpix=r"\d+",
+    params:
+        base_url=RZ["desi_base_url"],
+        lock=config["checksum_lock"],
+        fetch=config["fetch"],
+    resources:
+        mem_mb=1000,
+        runtime=60,
+        desi_downloads=1,
+    localrule: True
+    script:
+        "../../scripts/redshift_fetch_pixel.py"
