@@ -3,9 +3,21 @@
 GAL = config["galaxies"]
 
 
+def target_kind(galaxy):
+    return GAL["targets"][galaxy]["kind"]
+
+
+def cube_galaxies():
+    """The built targets that are IFU cubes (maps, pPXF, metrics); `spectra` targets give a table."""
+    return [g for g in GAL["build"] if target_kind(g) != "spectra"]
+
+
+SPECTRA_TARGETS = [g for g, t in GAL["targets"].items() if t["kind"] == "spectra"]
+
+
 def galaxies_targets():
-    out = []
-    for galaxy in GAL["build"]:
+    out = [f"results/galaxies/{g}_spectra.parquet" for g in GAL["build"] if target_kind(g) == "spectra"]
+    for galaxy in cube_galaxies():
         out += [
             f"results/{galaxy}_maps.fits",
             f"results/{galaxy}_ppxf_maps.fits",
@@ -24,13 +36,13 @@ def galaxies_demo_targets():
 
 
 def galaxies_metrics_files():
-    return [f"results/galaxies/{galaxy}_metrics.json" for galaxy in GAL["build"]]
+    return [f"results/galaxies/{galaxy}_metrics.json" for galaxy in cube_galaxies()]
 
 
 def galaxies_report_figures():
     """(figure, caption) pairs for the HTML report."""
     figs = [(f"results/galaxies/figures/{galaxy}_{kind}.png", f"workflow/report/galaxies_{kind}.rst")
-            for galaxy in GAL["build"] for kind in ("panels", "running", "residuals")]
+            for galaxy in cube_galaxies() for kind in ("panels", "running", "residuals")]
     figs += [(f"results/galaxies/figures/synthetic_{split}_{kind}.png", f"workflow/report/galaxies_synthetic_{kind}.rst")
              for split in SYNTHETIC_SPLITS for kind in SYNTHETIC_KINDS]
     return figs
@@ -41,10 +53,13 @@ def template_manifest(wildcards):
 
 
 def galaxy_cube(wildcards):
-    """A mock galaxy's cube is built by the workflow; a PHANGS cube is fetched."""
+    """A mock galaxy's cube is built by the workflow; a PHANGS or MaNGA cube is fetched."""
     target = GAL["targets"][wildcards.galaxy]
     if target["kind"] == "mock":
         return f"results/interim/galaxies/{wildcards.galaxy}_cube.fits"
+    if target["kind"] == "spectra":
+        raise ValueError(f"galaxies.targets.{wildcards.galaxy} is of kind spectra: it has no cube and no maps "
+                         f"(its product is results/galaxies/{wildcards.galaxy}_spectra.parquet)")
     return archive_path(target["cube"])
 
 
@@ -238,10 +253,13 @@ def mock_params(wildcards):
 
 
 def bin_params(wildcards):
+    """Binning settings; a MaNGA cube also names its layout (mock and PHANGS share the default one)."""
+    layout = {"kind": "manga"} if target_kind(wildcards.galaxy) == "manga" else {}
     return {
         "redshift": GAL["targets"][wildcards.galaxy]["redshift"],
         "target_snr": GAL["binning"]["target_snr"],
         "min_snr": GAL["binning"]["min_snr"],
+        **layout,
     }
 
 
@@ -328,6 +346,46 @@ rule galaxies_ppxf:
         runtime=GAL["ppxf"]["runtime"],
     script:
         "../../scripts/galaxies_ppxf.py"
+
+
+def spectra_files(wildcards):
+    """A `spectra` target's files: paths (relative to the repository root) as given in config."""
+    return list(GAL["targets"][wildcards.galaxy]["files"])
+
+
+def spectra_params(wildcards):
+    target = GAL["targets"][wildcards.galaxy]
+    return {
+        "redshifts": target.get("redshifts") or [target["redshift"]],
+        "frame": target.get("frame"),
+        "clip_frac": GAL["clip_frac"],
+        "ppxf_degree": GAL["ppxf"]["degree"] if target.get("ppxf", True) else None,
+    }
+
+
+rule galaxies_spectra:
+    """A user's single spectra (1-D FITS, tables, MaNGA-format rows) through the cube bins'
+    preprocessing to GalProTE, with pPXF on the same spectra: one table row per spectrum."""
+    input:
+        spectra=spectra_files,
+        model=GALPROTE_MODEL,
+        templates=TRAINING_TEMPLATES,
+    output:
+        with_prov("results/galaxies/{galaxy}_spectra.parquet"),
+    log:
+        "logs/galaxies/{galaxy}_spectra.log",
+    benchmark:
+        rule_bench("galaxies_spectra_{galaxy}"),
+    wildcard_constraints:
+        galaxy=one_of(SPECTRA_TARGETS),
+    params:
+        settings=spectra_params,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../../scripts/galaxies_spectra.py"
 
 
 def galaxy_reference(wildcards):

@@ -62,17 +62,24 @@ def mock_cube(manifest: str | Path, out_cube: str | Path, out_truth: str | Path,
 
 
 def bin_cube(cube_path: str | Path, out: str | Path, *, redshift: float, target_snr: float, min_snr: float,
-             code_files=()) -> None:
-    """IFU cube -> de-redshifted, masked, Voronoi-binned spectra on the paper grid (HDF5)."""
+             kind: str = "phangs", code_files=()) -> None:
+    """IFU cube -> de-redshifted, masked, Voronoi-binned spectra on the paper grid (HDF5).
+
+    ``kind``: the file layout, "phangs" (also the mock's) or "manga" (`specfm.galaxies.manga`)."""
     from .cube import preprocess_file, write_bins
 
     start = time.perf_counter()
-    bins = preprocess_file(cube_path, redshift, target_snr=target_snr, min_snr=min_snr)  # in strips of rows
+    bins = preprocess_file(cube_path, redshift, target_snr=target_snr, min_snr=min_snr, kind=kind)  # in strips
     write_bins(bins, out)
     log.info("binned %s: %d bins from %d spaxels (target S/N %g) in %.1f s", cube_path, bins.n_bins,
              int((bins.bin_id >= 0).sum()), target_snr, time.perf_counter() - start)
-    provenance.write(out, inputs={"cube": cube_path}, code=[*CODE, "specfm.galaxies.cube"], code_files=code_files,
-                     params={"redshift": redshift, "target_snr": target_snr, "min_snr": min_snr},
+    params = {"redshift": redshift, "target_snr": target_snr, "min_snr": min_snr}
+    if kind != "phangs":
+        params["kind"] = kind
+    code = [*CODE, "specfm.galaxies.cube", "specfm.galaxies.preprocessing"]
+    if kind == "manga":
+        code.append("specfm.galaxies.manga")
+    provenance.write(out, inputs={"cube": cube_path}, code=code, code_files=code_files, params=params,
                      step="galaxies_bin")
 
 
