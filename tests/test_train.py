@@ -332,3 +332,145 @@ def test_torchrun_two_gloo_ranks_preempt_and_resume(tmp_path):
     assert s2["resumed_from"] == s2_rank1["resumed_from"] == [state["epoch"], state["step"]]
     assert losses(s2["history"]) == losses(sref["history"])
     assert_same_weights(load_final(tmp_path / "run.pt")[0], load_final(tmp_path / "ref.pt")[0])
+
+
+# -- multi-node launch under SLURM ---------------------------------------------------------
+
+SLURM_JOB = {"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[007-008]",
+             "SLURM_JOB_ID": "123456", "SLURM_PROCID": "1"}
+
+
+def test_slurm_environment_maps_to_the_rendezvous():
+    assert train_dist.slurm_rendezvous({}) is None  # not under SLURM
+    assert train_dist.slurm_rendezvous({"SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_ID": "5"}) is None
+    rdzv = train_dist.slurm_rendezvous(SLURM_JOB)
+    assert rdzv == train_dist.SlurmRendezvous(nnodes=2, node_rank=1, master_addr="gpu007",
+                                              port=29400 + 456, job_id="123456")
+    assert rdzv.torchrun_args(4) == [
+        "--nnodes=2", "--nproc_per_node=4", "--rdzv_backend=c10d",
+        "--rdzv_endpoint=gpu007:29856", "--rdzv_id=123456", "--rdzv_conf=is_host=false"]
+    # task 0 hosts the store; the old variable names and an explicit port are read too
+    old = train_dist.slurm_rendezvous({"SLURM_NNODES": "3", "SLURM_NODELIST": "a1,b[2-3]",
+                                       "SLURM_JOBID": "7", "SLURM_PROCID": "0",
+                                       "SPECFM_RDZV_PORT": "31000"})
+    assert (old.nnodes, old.master_addr, old.endpoint) == (3, "a1", "a1:31000")
+    assert old.torchrun_args(1)[-1] == "--rdzv_conf=is_host=true"
+    with pytest.raises(RuntimeError, match="SLURM_JOB_NODELIST"):
+        train_dist.slurm_rendezvous({"SLURM_JOB_NUM_NODES": "2"})
+
+
+@pytest.mark.parametrize("nodelist, first", [
+    ("node7", "node7"), ("gpu[003-004,010],cpu1", "gpu003"), ("a,b", "a"),
+    ("n[12]", "n12"), ("r[1-2]-ib[3-4]", "r1-ib3"), ("x[08,02]", "x08")])
+def test_first_host_of_a_slurm_node_list(nodelist, first):
+    assert train_dist.first_host(nodelist) == first
+
+
+def test_first_host_of_a_broken_node_list_is_a_named_error():
+    with pytest.raises(ValueError, match="gpu\\[1-2"):
+        train_dist.first_host("gpu[1-2")
+
+
+def test_multi_node_relaunch_goes_srun_then_torchrun(monkeypatch):
+    """Stage 1 (the job script on the first node) becomes srun with one task per node and a
+    clean environment; stage 2 (each srun task) becomes a torchrun agent of the rendezvous."""
+    calls = []
+    monkeypatch.setattr(os, "execvpe", lambda file, args, env: calls.append((args, env)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    for k in ("LOCAL_RANK", "WORLD_SIZE", "SPECFM_SLURM_STEP", "SPECFM_DDP_ON_CPU",
+              "SPECFM_RDZV_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in {**SLURM_JOB, "SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_GPUS": "8",
+                 "SLURM_CPUS_ON_NODE": "32", "SRUN_CPUS_PER_TASK": "4"}.items():
+        monkeypatch.setenv(k, v)
+    argv = ["train.py", "--x", "1"]
+    with pytest.raises(ValueError, match="gpu=5 .* 2 nodes"):
+        maybe_relaunch_with_torchrun(5, argv)
+    maybe_relaunch_with_torchrun(8, argv)  # 8 = the job's total: 4 per node
+    (cmd, env), = calls
+    assert cmd == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                   "--kill-on-bad-exit=1", "--cpus-per-task=32", "--gpus-per-node=4",
+                   sys.executable, *argv]
+    assert env["SPECFM_SLURM_STEP"] == "123456" and env["SLURM_JOB_ID"] == "123456"
+    assert not {"SLURM_NTASKS", "SLURM_GPUS", "SLURM_PROCID", "SRUN_CPUS_PER_TASK"} & set(env)
+
+    monkeypatch.setenv("SPECFM_SLURM_STEP", "123456")  # now inside the srun step, task 1
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    maybe_relaunch_with_torchrun(8, argv)
+    cmd, env = calls[1]
+    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+                   "--nproc_per_node=4", "--rdzv_backend=c10d", "--rdzv_endpoint=gpu007:29856",
+                   "--rdzv_id=123456", "--rdzv_conf=is_host=false", "train.py", "--", "--x", "1"]
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("gpu007", "29856")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # fewer GPUs on this node
+    with pytest.raises(RuntimeError, match="4 GPUs per node wanted, 2 visible"):
+        maybe_relaunch_with_torchrun(8, argv)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # under torchrun: done
+    maybe_relaunch_with_torchrun(8, argv)
+    assert len(calls) == 2
+
+
+FAKE_SRUN = '''#!{python}
+"""srun for one machine: the tasks are local processes, each with its node's SLURM_* variables."""
+import json, os, subprocess, sys
+args, opts = sys.argv[1:], {{}}
+while args[0].startswith("--"):
+    key, _, value = args.pop(0)[2:].partition("=")
+    opts[key] = value
+with open(os.environ["FAKE_SRUN_LOG"], "w") as f:
+    json.dump({{"argv": sys.argv[1:], "slurm_env": sorted(k for k in os.environ if k.startswith("SLURM_"))}}, f)
+n = int(opts["ntasks"])
+procs = [subprocess.Popen(args, env={{**os.environ, "SLURM_PROCID": str(i), "SLURM_NODEID": str(i),
+                                      "SLURM_LOCALID": "0", "SLURM_JOB_NUM_NODES": opts["nodes"],
+                                      "SLURM_JOB_NODELIST": "localhost,localhost"}})
+         for i in range(n)]
+sys.exit(max(p.wait() for p in procs))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SPECFM_TEST_TORCHRUN") != "1" and not os.environ.get("CI"),
+                    reason="~30 s (two torchrun agents, two ranks, four stream workers): always "
+                           "run in CI; locally set SPECFM_TEST_TORCHRUN=1")
+def test_two_cpu_ranks_over_two_slurm_nodes_through_the_launcher(tmp_path):
+    """The job-script path of a 2-node SLURM job on one CPU machine: the launcher becomes (fake)
+    srun, its two tasks become torchrun agents meeting at the c10d rendezvous, and the two gloo
+    ranks stream one epoch with 2 workers each: every training row once, none twice."""
+    import numpy as np
+    import pandas as pd
+
+    ids = np.arange(1, 201, dtype=np.int64) * 1_000_003
+    split = np.where(np.arange(200) % 7 == 0, "val", "train")
+    pd.DataFrame({"source_id": ids, "x": np.linspace(-1, 1, 200), "split": split}).to_parquet(
+        tmp_path / "t.parquet", row_group_size=30)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN.format(python=sys.executable))
+    (bin_dir / "srun").chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK") and not k.startswith("SLURM_")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", SLURM_JOB_NUM_NODES="2",
+               SLURM_JOB_NODELIST="localhost,localhost", SLURM_JOB_ID="4242", SLURM_NTASKS="8",
+               SPECFM_RDZV_PORT=str(port), SPECFM_DDP_ON_CPU="1",
+               FAKE_SRUN_LOG=str(tmp_path / "srun.json"))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("ddp_launch_toy.py")),
+                           "--gpus", "2", "--table", str(tmp_path / "t.parquet"),
+                           "--ckpt", str(tmp_path / "ck"), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    srun = json.loads((tmp_path / "srun.json").read_text())
+    assert srun["argv"][:5] == ["--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                                "--kill-on-bad-exit=1"]
+    assert "SLURM_NTASKS" not in srun["slurm_env"] and "SLURM_JOB_ID" in srun["slurm_env"]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world_size"], r["rank_sum"]) for r in ranks] == [(0, 2, 1.0), (1, 2, 1.0)]
+    assert sorted(r["slurm_procid"] for r in ranks) == ["0", "1"]  # one rank per (fake) node
+    read = ranks[0]["ids"] + ranks[1]["ids"]
+    assert len(read) == len(set(read)) and set(read) == set(ids[split == "train"].tolist())
+    assert ranks[0]["steps"] == ranks[1]["steps"] == ranks[0]["steps_run"] == ranks[1]["steps_run"]

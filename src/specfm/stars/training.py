@@ -29,6 +29,9 @@ log = logging.getLogger("specfm.stars")
 ARCH_KEYS = {"d_embedding", "n_frequencies", "frequency_scale", "widths", "latent", "dropout",
              "head_width", "head_layers"}
 FINETUNE_WEIGHTS = (0.8, 0.2)  # pinball, reconstruction (the thesis's mix)
+# Version of ParquetBatchStream's row order: a checkpoint written under another order would
+# resume mid-epoch into a different sequence (rows twice or never), so it is not resumed.
+STREAM_ORDER = 2  # 2: global unit order cut into rank shares, decoded by workers
 
 
 def masking_policy(p_xp: float, p_other: float) -> MaskingPolicy:
@@ -96,7 +99,9 @@ def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: d
                 progress: bool | None = True) -> dict:
     """Pretrain (stage="pretrain") or fine-tune (stage="finetune", `init` = pretrained model).
 
-    ``train``: epochs, patience, batch_size, lr, weight_decay, p_xp, p_other, buffer_rows, val_rows.
+    ``train``: epochs, patience, batch_size, lr, weight_decay, p_xp, p_other, buffer_rows, val_rows,
+    workers (DataLoader processes decoding the stream; the batches do not depend on it, so it
+    is left out of the checkpoint fingerprint and a requeued job may change it).
     Writes `out` atomically (weights + metadata incl. scaling) and returns a training summary.
     """
     if stage not in ("pretrain", "finetune"):
@@ -114,7 +119,8 @@ def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: d
     device = choose_device(gpu)
     stream = ParquetBatchStream(feature_files(features), arrays_from_columns([C.FEATURES, C.LABELS]),
                                 columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
-                                buffer_rows=train["buffer_rows"], seed=seed)
+                                buffer_rows=train["buffer_rows"], seed=seed,
+                                workers=train.get("workers", 0))
     val = validation_set(features, train["val_rows"], seed)
     policy = masking_policy(train["p_xp"], train["p_other"])
     opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
@@ -127,8 +133,9 @@ def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: d
                  max_epochs=train["epochs"], patience=train["patience"], seed=seed,
                  batch_size=train["batch_size"], device=device, grad_clip=5.0,
                  checkpoint_dir=checkpoint_dir_for(out),
-                 fingerprint={"stage": stage, "arch": arch, "train": train,
-                              "init": str(init) if init else None},
+                 fingerprint={"stage": stage, "arch": arch, "init": str(init) if init else None,
+                              "train": {k: v for k, v in train.items() if k != "workers"},
+                              "stream_order": STREAM_ORDER},
                  progress=progress, log=log)
     seconds = time.perf_counter() - start
     model.cpu()
