@@ -232,7 +232,8 @@ def test_seen_ids_finds_every_earlier_id_and_nothing_else():
 
 
 def test_training_from_the_stream_resumes_exactly_after_sigterm(feature_table, tmp_path):
-    """A SIGTERM mid-epoch checkpoints; the rerun skips the batches done and ends bit-identical."""
+    """A SIGTERM mid-epoch checkpoints; the rerun skips the batches done and ends bit-identical
+    (with 2 DataLoader workers decoding the stream, against a run decoding in-process)."""
     import os
     import signal
 
@@ -243,12 +244,12 @@ def test_training_from_the_stream_resumes_exactly_after_sigterm(feature_table, t
     d, _, _ = feature_table
     train = {**TINY_TRAIN, "epochs": 2}
 
-    def run(ckdir, kill_at=None):
+    def run(ckdir, kill_at=None, workers=0):
         torch.manual_seed(0)
         model = build_model(TINY_ARCH, load_scaling(d / "scaling.json"))
         stream = ParquetBatchStream([d / "f.parquet"], arrays_from_columns([C.FEATURES, C.LABELS]),
                                     columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
-                                    buffer_rows=train["buffer_rows"], seed=4)
+                                    buffer_rows=train["buffer_rows"], seed=4, workers=workers)
         base = make_loss("finetune", masking_policy(0.9, 0.6))
         calls = {"n": 0}
 
@@ -264,10 +265,10 @@ def test_training_from_the_stream_resumes_exactly_after_sigterm(feature_table, t
             progress=False)
         return model
 
-    straight = run(tmp_path / "a")
-    with pytest.raises(Preempted):
-        run(tmp_path / "b", kill_at=27)  # epoch 1 (19 steps per epoch), mid-epoch
-    resumed = run(tmp_path / "b")
+    straight = run(tmp_path / "a")  # decoded in-process
+    with pytest.raises(Preempted):  # 2 decoding workers from here on: the batches are the same
+        run(tmp_path / "b", kill_at=27, workers=2)  # epoch 1 (19 steps per epoch), mid-epoch
+    resumed = run(tmp_path / "b", workers=2)
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -376,3 +377,80 @@ def test_stars_model_records_fingerprint_the_whole_training_package(monkeypatch)
     code_digest(MODEL_CODE)
     for module in ("train/seeding.py", "train/loop.py", "train/checkpoint.py", "train/stream.py"):
         assert any(p.endswith(module) for p in read), module
+
+
+def ids_of(table):
+    """to_arrays keeping source_id exact (int64): float32 would merge neighbouring ids."""
+    return (table.column("source_id").to_numpy(),)
+
+
+def test_stream_over_2_workers_x_2_ranks_reads_every_training_id_once_per_epoch(feature_table):
+    """Ranks simulated in one process (rank_world=); each rank's share decoded by 2 workers."""
+    d, _, _ = feature_table
+    table = pd.read_parquet(d / "f.parquet", columns=["source_id", "split"])
+    train_ids = table.loc[table["split"] == "train", "source_id"].to_numpy()
+
+    def epoch(workers, e=0, skip=0):
+        stream = ParquetBatchStream([d / "f.parquet"], ids_of, columns=["source_id", "split"],
+                                    where=("split", "train"), buffer_rows=300, seed=5,
+                                    workers=workers)
+        return stream, [[b[0].numpy() for b in stream.batches(e, 64, skip, rank_world=(r, 2))]
+                        for r in (0, 1)]
+
+    stream, (rank0, rank1) = epoch(2)
+    assert len(stream.units) >= 4  # several row groups, so the workers share real work
+    assert len(rank0) == len(rank1) == stream.steps_per_epoch(64, world=2)  # DDP needs equal
+    read = np.concatenate(rank0 + rank1)
+    assert len(read) == len(train_ids) and len(np.unique(read)) == len(read)  # once, none twice
+    assert set(read.tolist()) == set(train_ids.tolist())
+    assert abs(sum(map(len, rank0)) - sum(map(len, rank1))) <= 1
+    _, (in_process0, in_process1) = epoch(0)  # the worker count does not change the batches
+    assert all((a == b).all() for a, b in zip(rank0 + rank1, in_process0 + in_process1))
+    _, (resumed0, _) = epoch(2, skip=5)
+    assert len(resumed0) == len(rank0) - 5 and all((a == b).all() for a, b in zip(resumed0, rank0[5:]))
+    _, (next0, next1) = epoch(2, e=1)
+    assert not (np.concatenate(next0 + next1) == read).all()  # a new order every epoch
+    assert set(np.concatenate(next0 + next1).tolist()) == set(train_ids.tolist())
+
+
+def test_stream_plan_by_hand(tmp_path):
+    """23 rows in row groups of 5, 3 of them val: 20 training rows. 2 ranks x batch 3: 20 = 3 full
+    rounds of 2 x 3 and 2 rows, one for each rank's 4th batch. 7 rows, 2 ranks x batch 3: the
+    last round has 1 row < 2 ranks, so it joins the round before: batches of 4 and 3."""
+    ids = np.arange(23, dtype=np.int64)
+    split = np.where(np.isin(ids, [4, 11, 17]), "val", "train")
+    pd.DataFrame({"source_id": ids, "split": split}).to_parquet(tmp_path / "t.parquet",
+                                                                row_group_size=5)
+    stream = ParquetBatchStream([tmp_path / "t.parquet"], ids_of, columns=["source_id", "split"],
+                                where=("split", "train"), buffer_rows=4, seed=1)
+    assert [n for *_, n in stream.units] == [4, 5, 4, 4, 3] and stream.n_rows == 20
+    assert stream.share(0, 2) == (0, 10) and stream.share(1, 2) == (10, 20)
+    assert stream.steps_per_epoch(3, world=2) == 4 and stream.steps_per_epoch(3, world=1) == 7
+    sizes = [[len(b[0]) for b in stream.batches(0, 3, rank_world=(r, 2))] for r in (0, 1)]
+    assert sizes == [[3, 3, 3, 1], [3, 3, 3, 1]]
+    # the pieces of the two ranks tile the epoch's unit sequence, cut at row 10
+    p0, p1 = stream.pieces(0, 0, 2), stream.pieces(0, 1, 2)
+    assert sum(b - a for _, a, b in p0) == sum(b - a for _, a, b in p1) == 10
+    if p0[-1][0] == p1[0][0]:  # a row group split between the ranks: complementary rows
+        assert p0[-1][2] == p1[0][1]
+    small = pd.DataFrame({"source_id": ids[:7], "split": "train"})
+    small.to_parquet(tmp_path / "s.parquet", row_group_size=5)
+    s7 = ParquetBatchStream([tmp_path / "s.parquet"], ids_of, columns=["source_id", "split"],
+                            where=("split", "train"), seed=1)
+    assert s7.steps_per_epoch(3, world=2) == 1
+    assert [[len(b[0]) for b in s7.batches(0, 3, rank_world=(r, 2))] for r in (0, 1)] == [[4], [3]]
+    with pytest.raises(ValueError, match="7 training rows cannot be shared by 8 ranks"):
+        s7.steps_per_epoch(3, world=8)
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        ParquetBatchStream([tmp_path / "s.parquet"], ids_of, columns=["source_id"], workers=-1)
+
+
+def test_stream_batches_in_pinned_memory_equal_the_plain_ones(feature_table):
+    d, _, _ = feature_table
+    if not torch.cuda.is_available():
+        pytest.skip("pinned memory needs CUDA")
+    stream = ParquetBatchStream([d / "f.parquet"], ids_of, columns=["source_id", "split"],
+                                where=("split", "train"), buffer_rows=300, seed=5)
+    plain = list(stream.batches(0, 64))
+    pinned = list(stream.batches(0, 64, pin_memory=True))
+    assert all(p[0].is_pinned() and torch.equal(p[0], q[0]) for p, q in zip(pinned, plain))
