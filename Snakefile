@@ -21,6 +21,7 @@ include: "workflow/rules/stars.smk"
 include: "workflow/rules/redshift.smk"
 include: "workflow/rules/emulator.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/targets.smk"
 
 
 RUN_START = time.time()

@@ -80,6 +80,8 @@ def stage_targets():
         *[f"results/galaxies/figures/templates_{t}.png" for t in sets],
         *galaxies_demo_targets(),
         *stars_demo_targets(),
+        *redshift_demo_targets(),
+        *emulator_demo_targets(),
     ]
 
 

@@ -36,6 +36,8 @@ def report_systems():
     stages = {
         "galaxies": (galaxies_metrics_files, galaxies_report_figures),
         "stars": (stars_metrics_files, stars_report_figures),
+        "redshift": (redshift_metrics_files, redshift_report_figures),
+        "emulator": (emulator_metrics_files, emulator_report_figures),
     }
     systems = {}
     for name, (metrics, figures) in stages.items():
