@@ -5,7 +5,8 @@ resolve the line shapes, a 1x1 convolution gives the flux, linearly interpolated
     -> n_up x [ConvTranspose k4 s2 (B, up, 2L) + GELU, Conv k3 (B, conv, 2L) + GELU, Conv k3 + GELU]
     -> Conv k1 (B, 1, length0 * 2^n_up) -> linear interpolation (B, n_wave)
 
-The paper: MLP 3 x 2048, a 512 x 4 map, five blocks (8 and 32 features) to 16,384, then 22,315.
+The paper: MLP of three 2048-wide layers (two hidden + the one that makes the 512 x 4 map, ~9 M
+parameters in all), five blocks (8 and 32 features) to 16,384, then 22,315.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 
 class ConvEmulator(nn.Module):
-    def __init__(self, n_labels: int, n_wave: int, widths=(2048, 2048, 2048), channels: int = 4,
+    def __init__(self, n_labels: int, n_wave: int, widths=(2048, 2048), channels: int = 4,
                  length0: int = 512, n_up: int = 5, up_features: int = 8, conv_features: int = 32):
         super().__init__()
         layers, width = [], n_labels

@@ -9,14 +9,11 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
 from specfm import provenance
 from specfm.fetch.sources import manifest_files
 from specfm.io import atomic_path, write_json_atomic
 
-from . import figures
 from .grid import GridError, read
 
 log = logging.getLogger("specfm.emulator")
@@ -97,6 +94,9 @@ def inference_stars(grid, settings: dict) -> np.ndarray:
 
 def infer(grid_path, model_path, out, *, settings: dict, seed: int, threads=None, code_files=()) -> dict:
     """Fit the labels of held-out stars through one emulator -> a Parquet table (one row per star)."""
+    import pandas as pd
+    import torch
+
     from .inference import fit_labels, summarise
     from .training import load_emulator
 
@@ -130,6 +130,8 @@ _RUN = re.compile(r"(?P<model>[a-z_]+)/(?P<mode>scratch|finetune)_n(?P<size>\w+)
 
 
 def _test_predictions(grid, model_path):
+    import torch
+
     from .training import load_emulator
 
     emu, meta = load_emulator(model_path)
@@ -143,7 +145,10 @@ def evaluate(grid_path, models: list[str], inference: list[str], metrics_out, fi
              summary_csv, *, headline_model: str, sizes, finetune_sizes, targets: dict,
              threads=None, code_files=()) -> dict:
     """Held-out scores of every trained emulator, the figures, and metrics.json with a headline."""
-    from .inference import summarise
+    import pandas as pd
+    import torch
+
+    from . import figures
     from .scores import scores
 
     if threads:
@@ -197,10 +202,11 @@ def evaluate(grid_path, models: list[str], inference: list[str], metrics_out, fi
                "residual_correlation_median": corr, "inference": inf,
                "headline": headline(largest, ft, inf, mean_scores, headline_model, targets)}
     write_json_atomic(metrics_out, metrics)
-    provenance.write(metrics_out, inputs={"grid": grid_path, **_named("model", models),
+    for product in (metrics_out, summary_csv, *figure_paths.values()):
+        provenance.write(product, inputs={"grid": grid_path, **_named("model", models),
                                           **_named("inference", inference)},
-                     params={"sizes": sizes, "finetune_sizes": finetune_sizes}, code=EVAL_CODE,
-                     code_files=code_files, step="emulator_metrics")
+                         params={"sizes": sizes, "finetune_sizes": finetune_sizes}, code=EVAL_CODE,
+                         code_files=code_files, step="emulator_metrics")
     return metrics
 
 
@@ -217,6 +223,8 @@ def finetune_rows(runs: list[dict]) -> list[dict]:
 
 
 def write_summary_csv(inf: dict, path) -> None:
+    import pandas as pd
+
     rows = [{"model": m, "label": lab, **v, "seconds_per_star": rec["seconds_per_star"]}
             for m, rec in inf.items() for lab, v in rec["labels"].items()]
     with atomic_path(path) as tmp:
@@ -259,6 +267,8 @@ def headline(largest: dict, ft: list[dict], inf: dict, mean_scores: dict, model:
 
 def bench(models: list[str], out, *, batch: int, min_seconds: float, threads=None, code_files=()) -> dict:
     """spectra/s of each emulator (one run, batched, full grid) -> results/bench/emulator_speed.json."""
+    import torch
+
     from .bench import spectra_per_second
     from .training import load_emulator
 
