@@ -41,6 +41,7 @@ VENV_BIN = Path(sys.executable).parent
 START_SCRIPT = "tests/slurm/start_slurm.sh"
 
 TINY_CONFIG = "tests/config/tiny.yaml"
+SYSTEMS_CONFIG = "config/demo_systems.yaml"
 DEMO_TARGET = "demo"
 
 # Flags every test run adds to `--profile ...`: site settings of our accounting-free CI
@@ -264,13 +265,16 @@ def test_workflow_demo_through_slurm(tmp_path):
     """The project's `demo` target on the tiny config, through profiles/slurm."""
     slurm_node = _slurm_node()
     work = offline_workflow(tmp_path)  # E-MILES from a small fake tarball (file://), no network
+    # The fake SSPs (4600-7255 A) cannot make DESI-like mocks and the emulator's MILES wheel is 121 MB:
+    # those two chains run in the tiny demo test (tests/test_demo_workflow.py); here galaxies + stars.
+    (work / SYSTEMS_CONFIG).write_text("demo: {systems: [galaxies, stars]}\n")
 
     # --configfile replaces the profile's `configfiles` list: the Snakefile's own
     # config/config.yaml + tiny.yaml + the offline source (not fullscale.yaml).  --max-threads: no rule may
     # ask for more CPUs than the test node has (sbatch would reject the job).
     args = [
         "--profile", "profiles/slurm",
-        "--configfile", "config/config.yaml", TINY_CONFIG, OFFLINE_CONFIG,
+        "--configfile", "config/config.yaml", TINY_CONFIG, OFFLINE_CONFIG, SYSTEMS_CONFIG,
         *SLURM_SITE_ARGS, *TEST_ARGS,
         "--max-threads", str(slurm_node["cpus"]),
         "--verbose",
@@ -291,7 +295,7 @@ def test_workflow_demo_through_slurm(tmp_path):
 
     # every output of the target exists and is up to date
     check = subprocess.run(
-        _snakemake_cmd() + ["--configfile", "config/config.yaml", TINY_CONFIG, OFFLINE_CONFIG, "--summary", DEMO_TARGET],
+        _snakemake_cmd() + ["--configfile", "config/config.yaml", TINY_CONFIG, OFFLINE_CONFIG, SYSTEMS_CONFIG, "--summary", DEMO_TARGET],
         cwd=work, env=_cluster_env(), capture_output=True, text=True, timeout=300,
     )
     assert check.returncode == 0, check.stderr[-4000:]
@@ -304,7 +308,7 @@ def test_workflow_demo_through_slurm(tmp_path):
         assert status == "ok", f"{out}: {status}"
         assert (work / out).exists(), f"missing output {out}"
     dry = subprocess.run(
-        _snakemake_cmd() + ["--configfile", "config/config.yaml", TINY_CONFIG, OFFLINE_CONFIG, "-n", DEMO_TARGET],
+        _snakemake_cmd() + ["--configfile", "config/config.yaml", TINY_CONFIG, OFFLINE_CONFIG, SYSTEMS_CONFIG, "-n", DEMO_TARGET],
         cwd=work, env=_cluster_env(), capture_output=True, text=True, timeout=300,
     )
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]

@@ -134,7 +134,10 @@ def test_between_workflow_cache_is_reused_by_a_second_clone(offline_wf, tmp_path
     cache.mkdir()
     env = {"SNAKEMAKE_OUTPUT_CACHE": str(cache)}
     cfg = ["--configfile", "config/config.yaml", "config/offline.yaml"]
-    first = snakemake(offline_wf, "--cache", "galaxies_templates", *cfg, env=env)
+    # the cached rule's product, not the whole demo (the fake sdist holds 6 templates); before --cache,
+    # which would take it for one more rule name
+    target = PRODUCTS[0]
+    first = snakemake(offline_wf, target, "--cache", "galaxies_templates", *cfg, env=env)
     assert first.returncode == 0, first.stderr[-4000:]
     assert any(cache.iterdir()), "nothing was stored in the cache"
 
@@ -142,7 +145,7 @@ def test_between_workflow_cache_is_reused_by_a_second_clone(offline_wf, tmp_path
     clone.mkdir()
     for part in ("Snakefile", "workflow", "config", "profiles", "scripts"):
         subprocess.run(["cp", "-r", str(offline_wf / part), str(clone)], check=True)
-    second = snakemake(clone, "--cache", "galaxies_templates", *cfg, env=env)
+    second = snakemake(clone, target, "--cache", "galaxies_templates", *cfg, env=env)
     assert second.returncode == 0, second.stderr[-4000:]
     log = clone / "logs/galaxies/templates_emiles_ppxf.log"  # Snakemake touches it; the script never wrote
     assert not log.exists() or log.read_text() == "", "the cached rule ran again"

@@ -59,11 +59,6 @@ def train_resources(system, key):
     return config[system]["train"][key]
 
 
-def pending(issue):
-    """params for a rule whose science lands with a later issue (scripts/pending.py fails clearly)."""
-    return {"issue": issue}
-
-
 BENCH_DIR = "results/bench/rules"
 
 
@@ -75,14 +70,18 @@ def rule_bench(name):
 def stage_targets():
     """Every system's products for this config: the demo's template sets and each stage's chain."""
     sets = config["demo"]["galaxies_templates"]
+    chains = {"galaxies": galaxies_demo_targets, "stars": stars_demo_targets,
+              "redshift": redshift_demo_targets, "emulator": emulator_demo_targets}
     return [
         *[f"results/interim/galaxies/templates_{t}.h5" for t in sets],
         *[f"results/galaxies/figures/templates_{t}.png" for t in sets],
-        *galaxies_demo_targets(),
-        *stars_demo_targets(),
-        *redshift_demo_targets(),
-        *emulator_demo_targets(),
+        *[path for system in demo_systems() for path in chains[system]()],
     ]
+
+
+def demo_systems():
+    """The systems `demo` builds and the report shows (config demo.systems)."""
+    return config["demo"]["systems"]
 
 
 def demo_targets():

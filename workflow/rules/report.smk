@@ -41,7 +41,7 @@ def report_systems():
     }
     systems = {}
     for name, (metrics, figures) in stages.items():
-        if metrics():
+        if name in demo_systems() and metrics():
             systems[name] = {"title": SYSTEM_TITLES[name], "metrics": metrics(),
                              "figures": with_captions(name, figures())}
     return systems

@@ -419,10 +419,12 @@ def metrics(catalogue_path, spectra, autoencoder, latents, folds, timings: dict,
     _figures(df, test, meta, spectra, autoencoder, latents, figures, seed)
     write_json_atomic(out, result)
     log.info("metrics: %s", json.dumps(result["headline"]))
-    provenance.write(out, inputs={"catalogue": catalogue_path, "spectra": spectra, "autoencoder": autoencoder,
-                                  **{f"fold{k}": f for k, f in enumerate(folds)}},
-                     code=["specfm.redshift.metrics", "specfm.redshift.steps", "specfm.redshift.figures"],
-                     code_files=code_files, step="redshift_metrics")
+    inputs = {"catalogue": catalogue_path, "spectra": spectra, "autoencoder": autoencoder, "latents": latents,
+              **{f"fold{k}": f for k, f in enumerate(folds)}, **{f"timing_{k}": v for k, v in timings.items()},
+              **{f"ablation{k}": v for k, v in enumerate(ablation)}}
+    code = ["specfm.redshift.metrics", "specfm.redshift.steps", "specfm.redshift.figures"]
+    for product in [out, *figures.values()]:
+        provenance.write(product, inputs=inputs, code=code, code_files=code_files, seed=seed, step="redshift_metrics")
 
 
 def _headline(r) -> list[dict]:
