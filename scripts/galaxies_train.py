@@ -10,10 +10,12 @@ from specfm.train import cleanup, init_distributed, maybe_relaunch_with_torchrun
 maybe_relaunch_with_torchrun(snakemake.resources.gpu)  # DDP when more than one GPU is granted
 init_distributed()
 with rule_logging(snakemake.log[0]):
-    train_model(snakemake.input[0], snakemake.output[0], snakemake.output[2], train=snakemake.params.train,
-                arch=snakemake.params.arch, seed=snakemake.params.seed, threads=snakemake.threads,
-                gpu=snakemake.resources.gpu,
-                predictions_out=snakemake.output[4] if len(snakemake.output) > 4 else None,
+    # each named output is (product, its .prov.json); the ablation variants have no predictions
+    predictions = snakemake.output.get("predictions")
+    train_model(snakemake.input[0], snakemake.output.model[0], snakemake.output.metrics[0],
+                train=snakemake.params.train, arch=snakemake.params.arch, seed=snakemake.params.seed,
+                threads=snakemake.threads, gpu=snakemake.resources.gpu,
+                predictions_out=predictions[0] if predictions else None,
                 see_also=getattr(snakemake.params, "see_also", None),
                 code_files=[__file__])
 cleanup()

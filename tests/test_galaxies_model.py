@@ -14,9 +14,9 @@ from specfm.galaxies.spectra import emission_mask, paper_wavelength_grid
 from specfm.galaxies.template_table import TemplateGrid
 from specfm.galaxies.training import (light_weighted, load_galprote, predict, reconstruct, synthetic_metrics,
                                       train_galprote)
-from specfm.galaxies.trainset import (ROWS, SplitDataset, add_noise, build_training_set, combination_key,
+from specfm.galaxies.trainset import (ROWS, add_noise, build_training_set, combination_key,
                                       is_held_out, load_split, read_meta, read_templates, smoothing_matrix,
-                                      split_counts, table1_counts, Recipe)
+                                      split_counts, split_tensors, table1_counts, Recipe)
 
 N_Z, N_AGE = 3, 4
 TINY = dict(size_factor=0.25, val_fraction=0.5, test_fraction=0.5, unseen_fraction=0.25)
@@ -249,13 +249,16 @@ def test_tiny_training_run(trainset, tmp_path):
     np.testing.assert_array_equal(w2, w[:10])
 
 
-def test_split_dataset_lazy_matches_memory(trainset):
+def test_split_tensors_hold_the_files_rows(trainset):
     path, _ = trainset
-    lazy, mem = SplitDataset(path, "validation", in_memory=False), SplitDataset(path, "validation")
-    assert len(lazy) == len(mem)
-    for i in (0, len(mem) - 1):
-        for a, b in zip(lazy[i], mem[i]):
-            assert torch.equal(a, b)
+    data = split_tensors(path, "validation")
+    rows = load_split(path, "validation")
+    assert len(data) == len(rows["spectra"])
+    for i in (0, len(data) - 1):
+        spectrum, weights, av = data[i]
+        np.testing.assert_array_equal(spectrum.numpy(), rows["spectra"][i])
+        np.testing.assert_array_equal(weights.numpy(), rows["weights"][i])
+        assert av.dtype == torch.int64 and int(av) == int(rows["av_index"][i])
 
 
 def test_a_size_factor_too_small_for_the_grid_is_a_named_error(grid, tmp_path):

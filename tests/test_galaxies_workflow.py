@@ -18,6 +18,7 @@ from astropy.wcs import WCS
 
 from fakes import copy_workflow
 from specfm.galaxies.cube import read_bins
+from specfm.galaxies.figures import KINDS
 from specfm.galaxies.maps import read_maps
 from specfm.galaxies.mock_cube import read_truth, truth_per_bin
 
@@ -28,7 +29,7 @@ TARGETS = ["results/mockgal_maps.fits", "results/mockgal_ppxf_maps.fits"]
 METRICS = "results/galaxies/mockgal_metrics.json"
 ABLATION = "results/galaxies/ablation.json"
 SYNTHETIC = [ABLATION] + [f"results/galaxies/figures/synthetic_{split}_{kind}.png" for split in ("test", "test_unseen")
-                          for kind in ("logage", "mh", "av", "mse", "residuals")]
+                          for kind in KINDS]
 
 
 def per_bin(image, bin_id, n_bins):

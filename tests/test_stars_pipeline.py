@@ -312,6 +312,23 @@ def test_feature_benchmark_writes_throughput_and_peak_memory_per_size(tmp_path):
     assert all(r["rows_per_second"] > 0 and r["peak_rss_mb"] > 50 for r in result["runs"])
 
 
+def test_stream_benchmark_reads_every_training_row_per_worker_count(feature_table, tmp_path):
+    from specfm.stars.bench import main
+
+    path = feature_table[0] / "f.parquet"
+    out = tmp_path / "stream.json"
+    main(["stream", "--features", str(path), "--workers", "0", "2", "--epochs", "2", "--batch-size", "64",
+          "--out", str(out)])
+    result = json.loads(out.read_text())
+    n_train = int((pd.read_parquet(path, columns=["split"])["split"] == "train").sum())
+    assert result["rows_per_epoch"] == n_train
+    assert [r["workers"] for r in result["runs"]] == [0, 2]
+    assert all(r["rows"] == 2 * n_train and r["rows_per_second"] > 0 for r in result["runs"])
+    p = result["projection"]
+    assert p["decode_seconds_per_epoch"] == pytest.approx(
+        p["rows"] / (p["rows_per_second_per_worker"] * p["node_workers"]), rel=1e-3)
+
+
 def write_fake_sfd(map_dir, north: float, south: float) -> None:
     """Two tiny polar ZEA maps in the SFD files' layout, constant per hemisphere."""
     from astropy.io import fits

@@ -46,10 +46,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -59,6 +59,11 @@ def train_resources(system, key):
     return config[system]["train"][key]
 
 
+# Scheduling: the galaxies chain (training, then pPXF, the ablation and the benchmark one after the
+# other) and the stars ensemble are the demo's longest paths, so their jobs go first on a small
+# machine and the many short redshift / emulator jobs fill the gaps (results/bench/demo_time.json).
+LONG_CHAIN_PRIORITY = {"galaxies": 20, "stars": 10}
+
 BENCH_DIR = "results/bench/rules"
 
 

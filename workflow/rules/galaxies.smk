@@ -1,5 +1,7 @@
 # galaxies: GalProTE (seed 000). E-MILES templates -> training set -> model -> IFU maps, with pPXF.
 
+from specfm.galaxies.figures import KINDS as SYNTHETIC_KINDS  # one list for rules, script and tests
+
 GAL = config["galaxies"]
 
 
@@ -67,7 +69,6 @@ TRAINING_TEMPLATES = f"results/interim/galaxies/templates_{GAL['template_set']}.
 GALPROTE_MODEL = f"results/models/galaxies/galprote_{GAL['template_set']}.pt"
 TRAINING_SET = f"results/interim/galaxies/trainset_{GAL['template_set']}.h5"
 SYNTHETIC_SPLITS = ("test", "test_unseen")
-SYNTHETIC_KINDS = ("logage", "mh", "av", "mse", "residuals")  # specfm.galaxies.figures.KINDS
 ABLATION_JSON = "results/galaxies/ablation.json"
 
 
@@ -133,9 +134,9 @@ rule galaxies_train:
     input:
         TRAINING_SET,
     output:
-        with_prov(GALPROTE_MODEL),
-        with_prov("results/galaxies/synthetic_metrics.json"),
-        with_prov("results/galaxies/synthetic_predictions.h5"),
+        model=with_prov(GALPROTE_MODEL),
+        metrics=with_prov("results/galaxies/synthetic_metrics.json"),
+        predictions=with_prov("results/galaxies/synthetic_predictions.h5"),
     log:
         "logs/galaxies/train.log",
     benchmark:
@@ -147,6 +148,7 @@ rule galaxies_train:
         seed=derived_seed("galaxies_train"),
         see_also={"ablation": ABLATION_JSON} if GAL["ablation"]["attention"] else {},
     threads: GAL["train"]["threads"]
+    priority: LONG_CHAIN_PRIORITY["galaxies"]
     resources:
         gpu=train_resources("galaxies", "gpu"),
         mem_mb=train_resources("galaxies", "mem_mb"),
@@ -200,8 +202,8 @@ rule galaxies_ablation_train:
     input:
         TRAINING_SET,
     output:
-        with_prov(f"results/models/galaxies/ablation/galprote_{GAL['template_set']}_{{attention}}.pt"),
-        with_prov("results/galaxies/ablation/{attention}_metrics.json"),
+        model=with_prov(f"results/models/galaxies/ablation/galprote_{GAL['template_set']}_{{attention}}.pt"),
+        metrics=with_prov("results/galaxies/ablation/{attention}_metrics.json"),
     log:
         "logs/galaxies/ablation_{attention}.log",
     benchmark:
@@ -213,6 +215,7 @@ rule galaxies_ablation_train:
         arch=ablation_arch,
         seed=derived_seed("galaxies_train"),  # the main model's seed: only the attention differs
     threads: GAL["train"]["threads"]
+    priority: LONG_CHAIN_PRIORITY["galaxies"]
     resources:
         gpu=train_resources("galaxies", "gpu"),
         mem_mb=train_resources("galaxies", "mem_mb"),
@@ -279,6 +282,7 @@ rule galaxies_mock_cube:
         rule_bench("galaxies_mock_cube_{galaxy}"),
     params:
         settings=mock_params,
+    priority: LONG_CHAIN_PRIORITY["galaxies"]
     resources:
         mem_mb=4000,
         runtime=20,
@@ -298,6 +302,7 @@ rule galaxies_bin:
         rule_bench("galaxies_bin_{galaxy}"),
     params:
         settings=bin_params,
+    priority: LONG_CHAIN_PRIORITY["galaxies"]
     resources:
         mem_mb=16000,
         runtime=60,
@@ -341,6 +346,7 @@ rule galaxies_ppxf:
     params:
         degree=GAL["ppxf"]["degree"],
     threads: GAL["ppxf"]["threads"]
+    priority: LONG_CHAIN_PRIORITY["galaxies"]
     resources:
         mem_mb=8000,
         runtime=GAL["ppxf"]["runtime"],

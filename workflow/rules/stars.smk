@@ -21,7 +21,7 @@ def stars_targets():
     trained = [s for s in STARS["build"] if stars_trained(s) == s]
     return [f"results/stars/{s}_predictions.parquet" for s in STARS["build"]] + [
         f"results/stars/{s}_metrics.json" for s in trained
-    ] + [f"results/bench/stars_{b}_{s}.json" for s in trained for b in ("features", "train")]
+    ] + [f"results/bench/stars_{b}_{s}.json" for s in trained for b in ("features", "train", "stream")]
 
 
 def stars_demo_targets():
@@ -179,6 +179,7 @@ rule stars_pretrain:
         settings=stars_stage_settings("pretrain"),
         seed=derived_seed("stars_pretrain"),
     threads: STARS["train"]["threads"]
+    priority: LONG_CHAIN_PRIORITY["stars"]
     resources:
         gpu=train_resources("stars", "gpu"),
         mem_mb=train_resources("stars", "mem_mb"),
@@ -204,6 +205,7 @@ rule stars_finetune:
         settings=stars_stage_settings("finetune"),
         seed=stars_member_seed,
     threads: STARS["train"]["threads"]
+    priority: LONG_CHAIN_PRIORITY["stars"]
     resources:
         gpu=train_resources("stars", "gpu"),
         mem_mb=train_resources("stars", "mem_mb"),
@@ -232,20 +234,21 @@ rule stars_predict:
 
 
 rule stars_bench:
-    """Benchmarks: feature-build memory and throughput at 10^5 and 10^6 replicated rows, and
-    pretraining rows/s from the Parquet stream (also: python -m specfm.stars.bench)."""
+    """Benchmarks: feature-build memory and throughput at stars.bench.rows replicated rows,
+    pretraining rows/s and the stream's rows/s per worker count (also: python -m specfm.stars.bench)."""
     input:
         features=stars_feature_files,
         scaling="results/interim/stars/{sample}_scaling.json",
     output:
         features="results/bench/stars_features_{sample}.json",
         train="results/bench/stars_train_{sample}.json",
+        stream="results/bench/stars_stream_{sample}.json",
     log:
         "logs/stars/{sample}_bench.log",
     benchmark:
         rule_bench("stars_bench_{sample}"),
     params:
-        rows=[100_000, 1_000_000],
+        bench=STARS["bench"],
         arch=STARS["model"],
         train=STARS["pretrain"],
     threads: STARS["train"]["threads"]

@@ -157,8 +157,3 @@ def plot_synthetic(pred: dict, axes: dict, paths: dict, *, split: str = "test") 
 
 __all__ = ["KINDS", "confusion_matrix", "nearest_node", "plot_mse", "plot_quantity", "plot_residuals",
            "plot_synthetic"]
-
-
-def paths_for(directory: str | Path, split: str) -> dict:
-    """The default file names: ``{directory}/synthetic_{split}_{kind}.png``."""
-    return {k: Path(directory) / f"synthetic_{split}_{k}.png" for k in KINDS}

@@ -16,27 +16,12 @@ Where the paper is ambiguous, the choices here (each made so that the block does
     (Per-pixel tokens, 876 x 876 attention maps per block, were not tried: too heavy for a CPU.)
   - ``none``: no context; the block starts at the convolution.
 
-  Measured on the embedded default (150 E-MILES SSPs, size_factor 0.3: 7,920 training spectra), the
-  same training set, seed (main-model seed), batch 64, lr 1e-4, 4 epochs each (the main model gets 8),
-  channels 24, pool 12; best validation grid loss, then on the synthetic test / test_unseen splits the
-  scatter of log age, [M/H] and A_V and the exact A_V class fraction:
-
-  ======== ========= ============================ ============================ ==========
-  variant  val loss  test age / [M/H] / A_V       unseen age / [M/H] / A_V     A_V exact
-  ======== ========= ============================ ============================ ==========
-  global   1.067     0.246 / 0.231 / 0.235        0.245 / 0.231 / 0.233        0.21 / 0.18
-  none     1.130     0.273 / 0.249 / 0.287        0.267 / 0.248 / 0.287        0.18 / 0.16
-  patch    1.195     0.303 / 0.261 / 0.302        0.297 / 0.254 / 0.296        0.17 / 0.16
-  ======== ========= ============================ ============================ ==========
-
-  ``global`` wins on every number (one seed, a short budget: the ranking, not the digits, is the
-  result), ``patch`` is worse than no context at all at this budget. Why, plausibly: the spectrum is
-  one fixed grid, so a dense map can learn where each feature sits and how far the continuum
-  slope tilts it (a global, A_V-like operation the 12-px tokens cannot see), while the patch
-  attention spends the first epochs learning which tokens to mix. ``global`` is not slower to
-  run: one (B x 876) x (876 x 876) matrix product per block (2.3 vs 2.5 ms per spectrum for
-  ``patch`` and 1.9 for ``none``, one thread, untrained models, min of 6 passes of 512 spectra on
-  the shared 2-core machine).
+  ``global`` won on every synthetic score of the ablation (the numbers, their settings and the
+  timing of each variant are in the README's "Measured" section and results/galaxies/ablation.json).
+  Why, plausibly: the spectrum is one fixed grid, so a dense map can learn where each feature sits
+  and how far the continuum slope tilts it (a global, A_V-like operation the 12-px tokens cannot
+  see), while the patch attention spends the first epochs learning which tokens to mix. ``global``
+  costs one (B x 876) x (876 x 876) matrix product per block.
 * The encoder sees the pooled conv features as a sequence: L // ``pool`` tokens of ``channels``
   features (d_model = channels, a multiple of the 3 heads) plus a learned position embedding (the
   meaning of a feature depends on its wavelength; convolutions alone do not know where they are).

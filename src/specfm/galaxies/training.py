@@ -23,7 +23,7 @@ from specfm.train import (checkpoint_dir_for, choose_device, evaluate, fit, load
 
 from .model import GalProTE, GalProTEConfig, clip_grid, fused_for_inference, galprote_loss
 from .template_table import TemplateGrid
-from .trainset import SplitDataset, attenuation_factors, model_spectra, read_meta, read_templates
+from .trainset import attenuation_factors, split_tensors, model_spectra, read_meta, read_templates
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def train_galprote(trainset_path, model_out, *, epochs: int = 30, patience: int 
     meta = read_meta(trainset_path)
     device = choose_device(gpu)
     seed_everything(seed)
-    train = SplitDataset(trainset_path, "train").tensor_dataset()
-    val = SplitDataset(trainset_path, "validation").tensor_dataset()
+    train = split_tensors(trainset_path, "train")
+    val = split_tensors(trainset_path, "validation")
     if device.type == "cuda":  # the whole set fits on any training GPU (0.7 GB at the paper's size)
         train.tensors = tuple(t.to(device) for t in train.tensors)
         val.tensors = tuple(t.to(device) for t in val.tensors)

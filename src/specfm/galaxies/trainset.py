@@ -465,52 +465,14 @@ def load_split(path, split: str, fields=("spectra", "weights", "av_index"), limi
         return {f: g[f][sl] for f in fields}
 
 
-def split_nbytes(path, split: str) -> int:
-    """Bytes of spectra + weights of a split when loaded (float32)."""
-    with h5py.File(path, "r") as h5:
-        g = h5[split]
-        return int(g["spectra"].size + g["weights"].size) * 4
+def split_tensors(path, split: str):
+    """One split as a torch TensorDataset of (spectrum [n_kept], weights [n_Z, n_age], av_index).
 
-
-class SplitDataset:
-    """torch Dataset over one split: item i -> (spectrum [n_kept], weights [n_Z, n_age], av_index) tensors.
-
-    ``in_memory=True`` loads the split once (fast); False reads rows lazily from the file (one open
-    handle per process, opened on first use, so DataLoader workers each get their own).
+    Loaded whole: the training loop's fast path (the full-scale split fits in a GPU node's memory;
+    a lazy row-by-row reader had no caller).
     """
-
-    def __init__(self, path, split: str, in_memory: bool = True):
-        self.path, self.split, self.in_memory = str(path), split, in_memory
-        self._h5 = None
-        with h5py.File(self.path, "r") as h5:
-            self.n = h5[split]["av_index"].shape[0]
-        if in_memory:
-            import torch
-            d = load_split(self.path, split)
-            self.tensors = (torch.from_numpy(d["spectra"]), torch.from_numpy(d["weights"]),
-                            torch.from_numpy(d["av_index"].astype(np.int64)))
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        import torch
-        if self.in_memory:
-            return tuple(t[i] for t in self.tensors)
-        if self._h5 is None:
-            self._h5 = h5py.File(self.path, "r")
-        g = self._h5[self.split]
-        return (torch.from_numpy(g["spectra"][i]), torch.from_numpy(g["weights"][i]),
-                torch.tensor(int(g["av_index"][i]), dtype=torch.int64))
-
-    def __getstate__(self):  # picklable for DataLoader workers: the handle is reopened there
-        state = dict(self.__dict__)
-        state["_h5"] = None
-        return state
-
-    def tensor_dataset(self):
-        """The split as a torch TensorDataset (the training loop's fast path); loads it if lazy."""
-        from torch.utils.data import TensorDataset
-        if not self.in_memory:
-            return SplitDataset(self.path, self.split, in_memory=True).tensor_dataset()
-        return TensorDataset(*self.tensors)
+    import torch
+    from torch.utils.data import TensorDataset
+    d = load_split(path, split)
+    return TensorDataset(torch.from_numpy(d["spectra"]), torch.from_numpy(d["weights"]),
+                         torch.from_numpy(d["av_index"].astype(np.int64)))

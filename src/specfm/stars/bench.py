@@ -2,6 +2,7 @@
 
     python -m specfm.stars.bench features --rows 100000 1000000   # -> results/bench/stars_features.json
     python -m specfm.stars.bench train --features F --scaling S    # -> results/bench/stars_train.json
+    python -m specfm.stars.bench stream --features F... --workers 0 1 2   # -> results/bench/stars_stream.json
 
 The feature benchmark replicates one template chunk of raw rows (fresh source_ids, so nothing is
 a duplicate) into N rows and builds the table in a child process per size, recording the child's
@@ -129,6 +130,57 @@ def bench_train(features, scaling, out, *, arch: dict, train: dict, seconds: flo
     return result
 
 
+# Full-scale assumptions of the projection (README "Measured"): rows per epoch, decoding workers a
+# 16-core GPU node can spare, and the GPU compute time of one pretraining epoch (16.0 M parameters,
+# 6 FLOP per parameter per row, 50 TFLOP/s sustained).
+FULL_SCALE = {"rows": 220_000_000, "node_workers": 14, "gpu_epoch_seconds": 6 * 16.0e6 * 220e6 / 50e12}
+
+
+def bench_stream(features, out, *, workers=(0, 1, 2), epochs: int = 3, batch_size: int = 1024,
+                 buffer_rows: int = 65536) -> dict:
+    """Rows per second of the training stream (decode + shuffle + batch, no model) per worker count.
+
+    Every worker count reads the same epochs of the same table; the row count per epoch is checked
+    against the stream's own length, so a faster number can never come from skipped rows. The
+    projection assumes decoding scales linearly with workers up to ``node_workers`` (measured here
+    only up to this machine's cores) at the best per-worker rate measured with worker processes.
+    """
+    from specfm.train import ParquetBatchStream, arrays_from_columns
+
+    from .features import feature_files
+
+    runs = []
+    for w in workers:
+        stream = ParquetBatchStream(feature_files(features), arrays_from_columns([C.FEATURES, C.LABELS]),
+                                    columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
+                                    buffer_rows=buffer_rows, seed=0, workers=w)
+        rows, start = 0, time.perf_counter()
+        for epoch in range(epochs):
+            seen = sum(batch[0].shape[0] for batch in stream.batches(epoch, batch_size))
+            if seen != len(stream):
+                raise RuntimeError(f"stream with {w} workers gave {seen} rows in epoch {epoch}, expected {len(stream)}")
+            rows += seen
+        elapsed = time.perf_counter() - start
+        runs.append({"workers": w, "rows": rows, "seconds": round(elapsed, 3),
+                     "rows_per_second": round(rows / elapsed, 1)})
+    result = {"benchmark": "stars training stream (decode + shuffle + batch)", "epochs": epochs,
+              "batch_size": batch_size, "rows_per_epoch": runs[0]["rows"] // epochs, "runs": runs,
+              "projection": _stream_projection(runs), "machine": _machine()}
+    write_json_atomic(out, result)
+    return result
+
+
+def _stream_projection(runs: list[dict]) -> dict:
+    """Decode time of one full-scale epoch on a GPU node, against its GPU compute time."""
+    # worker processes are what scales on a node; the in-process run (0) only if nothing else ran
+    pool = [r for r in runs if r["workers"] > 0] or runs
+    per_worker = max(r["rows_per_second"] / max(r["workers"], 1) for r in pool)
+    decode = FULL_SCALE["rows"] / (per_worker * FULL_SCALE["node_workers"])
+    return {**FULL_SCALE, "rows_per_second_per_worker": round(per_worker, 1),
+            "decode_seconds_per_epoch": round(decode, 1),
+            "decode_below_gpu_compute": bool(decode < FULL_SCALE["gpu_epoch_seconds"])}
+
+
 def _machine() -> dict:
     import os
 
@@ -149,6 +201,12 @@ def main(argv=None) -> None:
     t.add_argument("--config", default="config/config.yaml")
     t.add_argument("--seconds", type=float, default=60.0)
     t.add_argument("--out", default="results/bench/stars_train.json")
+    st = sub.add_parser("stream")
+    st.add_argument("--features", required=True, nargs="+", help="feature Parquet file(s)")
+    st.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    st.add_argument("--epochs", type=int, default=3)
+    st.add_argument("--batch-size", type=int, default=1024)
+    st.add_argument("--out", default="results/bench/stars_stream.json")
     c = sub.add_parser("features-child", help=argparse.SUPPRESS)
     c.add_argument("template")
     c.add_argument("rows", type=int)
@@ -159,6 +217,9 @@ def main(argv=None) -> None:
         return
     if args.what == "features":
         res = bench_features(args.rows, args.out, raw=args.raw)
+    elif args.what == "stream":
+        res = bench_stream(args.features, args.out, workers=args.workers, epochs=args.epochs,
+                           batch_size=args.batch_size)
     else:
         from specfm.config import load
 
