@@ -23,7 +23,7 @@ from specfm.train import (checkpoint_dir_for, choose_device, evaluate, fit, load
 
 from .model import GalProTE, GalProTEConfig, clip_grid, fused_for_inference, galprote_loss
 from .template_table import TemplateGrid
-from .trainset import attenuation_factors, split_tensors, model_spectra, read_meta, read_templates
+from .trainset import attenuation_factors, model_spectra, read_meta, read_templates, split_tensors
 
 log = logging.getLogger(__name__)
 

@@ -97,16 +97,12 @@ def bench_features(rows: list[int], out, *, raw: str | None = None, chunk_rows: 
 
 def bench_train(features, scaling, out, *, arch: dict, train: dict, seconds: float = 60.0) -> dict:
     """Pretraining steps from the Parquet stream for about `seconds`: rows per second (CPU here)."""
-    from specfm.train import ParquetBatchStream, arrays_from_columns
-
-    from .training import build_model, make_loss, masking_policy
-    from .features import feature_files, load_scaling
+    from .features import load_scaling
+    from .training import build_model, make_loss, masking_policy, training_stream
 
     torch.manual_seed(0)
     model = build_model(arch, load_scaling(scaling)).train()
-    stream = ParquetBatchStream(feature_files(features), arrays_from_columns([C.FEATURES, C.LABELS]),
-                                columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
-                                buffer_rows=train["buffer_rows"], seed=0)
+    stream = training_stream(features, buffer_rows=train["buffer_rows"], seed=0)
     loss_fn = make_loss("pretrain", masking_policy(train["p_xp"], train["p_other"]))
     opt = torch.optim.AdamW(model.parameters(), lr=train["lr"])
     rows, steps, start, epoch = 0, 0, time.perf_counter(), 0
@@ -145,15 +141,11 @@ def bench_stream(features, out, *, workers=(0, 1, 2), epochs: int = 3, batch_siz
     projection assumes decoding scales linearly with workers up to ``node_workers`` (measured here
     only up to this machine's cores) at the best per-worker rate measured with worker processes.
     """
-    from specfm.train import ParquetBatchStream, arrays_from_columns
-
-    from .features import feature_files
+    from .training import training_stream
 
     runs = []
     for w in workers:
-        stream = ParquetBatchStream(feature_files(features), arrays_from_columns([C.FEATURES, C.LABELS]),
-                                    columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
-                                    buffer_rows=buffer_rows, seed=0, workers=w)
+        stream = training_stream(features, buffer_rows=buffer_rows, seed=0, workers=w)
         rows, start = 0, time.perf_counter()
         for epoch in range(epochs):
             seen = sum(batch[0].shape[0] for batch in stream.batches(epoch, batch_size))

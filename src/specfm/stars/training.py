@@ -94,6 +94,13 @@ def make_loss(stage: str, policy: MaskingPolicy):
     return loss_fn
 
 
+def training_stream(features, *, buffer_rows: int, seed: int, workers: int = 0) -> ParquetBatchStream:
+    """The training split's (features, labels) rows, streamed; training and its benchmarks share it."""
+    return ParquetBatchStream(feature_files(features), arrays_from_columns([C.FEATURES, C.LABELS]),
+                              columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
+                              buffer_rows=buffer_rows, seed=seed, workers=workers)
+
+
 def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: dict, seed: int,
                 init=None, gpu: int | None = 0, threads: int | None = None,
                 progress: bool | None = True) -> dict:
@@ -117,10 +124,8 @@ def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: d
             raise ValueError(f"{init}: pretrained with {meta['arch']}, fine-tuning asks for {arch}")
         model.load_state_dict(state)
     device = choose_device(gpu)
-    stream = ParquetBatchStream(feature_files(features), arrays_from_columns([C.FEATURES, C.LABELS]),
-                                columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
-                                buffer_rows=train["buffer_rows"], seed=seed,
-                                workers=train.get("workers", 0))
+    stream = training_stream(features, buffer_rows=train["buffer_rows"], seed=seed,
+                             workers=train.get("workers", 0))
     val = validation_set(features, train["val_rows"], seed)
     policy = masking_policy(train["p_xp"], train["p_other"])
     opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
