@@ -5,4 +5,4 @@ from specfm.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     bench(list(snakemake.input.models), snakemake.output.speed, **snakemake.params.settings,
-          threads=snakemake.threads, code_files=[__file__])
+          gpu=snakemake.resources.gpu, threads=snakemake.threads, code_files=[__file__])

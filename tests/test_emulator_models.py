@@ -156,3 +156,16 @@ def test_a_training_size_larger_than_the_split_is_a_named_error(tmp_path, monkey
                        train={"steps": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 0, "warmup": 0.1,
                               "eval_every": 1, "val_batch_size": 2}, mode="scratch", size=500, seed=0,
                        subset_seed=0, progress=False)
+
+
+def test_inference_batches_give_the_same_fits_as_one_pass():
+    """Fits are independent (Adam elementwise, clipping per fit): the batch size changes memory,
+    not results."""
+    torch.manual_seed(0)
+    emu = Emulator("payne", ARCH["payne"], WAVE, np.ones(101), [4000, 1], [6000, 5], [False, False])
+    flux = emu(torch.rand(3, 2) - 0.5).detach().numpy()
+    kw = {"restarts": 4, "steps": 20, "lr": 0.05, "clip": 1.0, "warmup": 0.1, "seed": 3}
+    whole = fit_labels(emu, flux, np.ones(flux.shape, np.float32), batch=12, device="cpu", **kw)
+    parts = fit_labels(emu, flux, np.ones(flux.shape, np.float32), batch=5, **kw)
+    assert np.allclose(whole[0], parts[0], rtol=1e-5) and np.allclose(whole[1], parts[1], rtol=1e-4, atol=1e-9)
+    assert whole[0].shape == (3, 2) and whole[1].shape == (3,)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from specfm.emulator.steps import headline
 from specfm.report.headline import headline_rows
@@ -59,3 +61,57 @@ def test_the_report_reads_the_headline(tmp_path):
     path.write_text(json.dumps({"headline": entries}))
     rows = headline_rows("emulator", path)
     assert len(rows) == len(entries) and rows[0].target == 0.015
+
+
+def saved_emulator(path, wave, name="payne", arch=None):
+    """A small untrained emulator saved as training saves one (load_emulator reads it)."""
+    from specfm.emulator.models import Emulator, n_params
+    from specfm.train import save_final
+
+    arch = arch or {"widths": [8]}
+    lo, hi, log_mask = [4000.0, 1.0], [6000.0, 5.0], [False, False]
+    emu = Emulator(name, arch, wave, np.ones(len(wave)), lo, hi, log_mask)
+    save_final(emu, path, metadata={"model": name, "arch": arch, "wavelength": list(map(float, wave)),
+                                    "label_names": ["teff", "logg"], "lo": lo, "hi": hi,
+                                    "log_mask": log_mask, "summary": {"n_params": n_params(emu)}})
+    return path
+
+
+def granted(monkeypatch):
+    """choose_device replaced by a recorder: which gpu count the step passed, and CPU back."""
+    import specfm.train
+
+    calls = []
+    monkeypatch.setattr(specfm.train, "choose_device", lambda gpu=None: calls.append(gpu) or torch.device("cpu"))
+    return calls
+
+
+def test_bench_runs_on_the_granted_device_and_says_which(tmp_path, monkeypatch):
+    from specfm.emulator.steps import bench
+
+    calls = granted(monkeypatch)
+    model = saved_emulator(tmp_path / "payne.pt", np.linspace(4000, 4100, 50))
+    out = tmp_path / "speed.json"
+    bench([str(model)], out, batch=4, min_seconds=0.01, gpu=1, threads=1)
+    speed = json.loads(out.read_text())
+    assert calls == [1]
+    assert speed["device"].startswith("cpu (") and speed["models"]["payne"]["device"] == "cpu"
+
+
+def test_infer_fits_on_the_granted_device_in_batches(tmp_path, monkeypatch):
+    from test_emulator_models import toy_grid
+
+    import specfm.emulator.inference as inference
+    from specfm.emulator.steps import infer
+
+    monkeypatch.setenv("SPECFM_CHECKPOINT_DIR", str(tmp_path / "ck"))
+    calls, batches = granted(monkeypatch), []
+    real = inference._fit_batch
+    monkeypatch.setattr(inference, "_fit_batch", lambda emu, x, *a, **k: batches.append(len(x)) or real(emu, x, *a, **k))
+    grid = toy_grid(tmp_path, n=120)
+    model = saved_emulator(tmp_path / "payne.pt", np.linspace(4000, 4100, 80))
+    settings = {"n_stars": 3, "restarts": 3, "steps": 2, "lr": 0.01, "clip": 1.0, "warmup": 0.1,
+                "batch": 4, "domain": None}
+    summary = infer(grid, model, tmp_path / "fit.parquet", settings=settings, seed=0, gpu=1, threads=1)
+    assert calls == [1] and summary["device"].startswith("cpu (")
+    assert batches == [4, 4, 1]  # 3 stars x 3 restarts, 4 fits at a time

@@ -103,7 +103,7 @@ rule emulator_grid:
         grid=with_prov("results/interim/emulator/grid.h5"),
     log:
         "logs/emulator/grid.log",
-    cache: True
+    cache: True  # no benchmark: Snakemake refuses one on a between-workflow cached rule
     params:
         kind=EMU["grid"]["kind"],
         settings=emulator_grid_params(),
@@ -123,7 +123,7 @@ rule emulator_train:
     log:
         "logs/emulator/{model}/scratch_n{size}_s{seed}.log",
     benchmark:
-        "results/bench/rules/emulator_train_{model}_n{size}_s{seed}.tsv"
+        rule_bench("emulator_train_{model}_n{size}_s{seed}")
     params:
         mode="scratch",
         arch=emulator_arch,
@@ -150,7 +150,7 @@ rule emulator_pretrain:
     log:
         "logs/emulator/{model}/pretrain_s{seed}.log",
     benchmark:
-        "results/bench/rules/emulator_pretrain_{model}_s{seed}.tsv"
+        rule_bench("emulator_pretrain_{model}_s{seed}")
     params:
         mode="pretrain",
         arch=emulator_arch,
@@ -178,7 +178,7 @@ rule emulator_finetune:
     log:
         "logs/emulator/{model}/finetune_n{size}_s{seed}.log",
     benchmark:
-        "results/bench/rules/emulator_finetune_{model}_n{size}_s{seed}.tsv"
+        rule_bench("emulator_finetune_{model}_n{size}_s{seed}")
     params:
         mode="finetune",
         arch=emulator_arch,
@@ -206,7 +206,7 @@ rule emulator_infer:
     log:
         "logs/emulator/infer_{model}_n{size}_s{seed}.log",
     benchmark:
-        "results/bench/rules/emulator_infer_{model}_n{size}_s{seed}.tsv"
+        rule_bench("emulator_infer_{model}_n{size}_s{seed}")
     params:
         settings=EMU["inference"],
         seed=emulator_infer_seed,
@@ -237,7 +237,7 @@ rule emulator_metrics:
     log:
         "logs/emulator/metrics.log",
     benchmark:
-        "results/bench/rules/emulator_metrics.tsv"
+        rule_bench("emulator_metrics")
     params:
         headline_model=EMU["headline_model"],
         sizes=EMU["sizes"],
@@ -259,10 +259,13 @@ rule emulator_bench:
         speed="results/bench/emulator_speed.json",
     log:
         "logs/emulator/bench.log",
+    benchmark:
+        rule_bench("emulator_bench")
     params:
         settings=EMU["bench"],
     threads: EMU["train"]["threads"]
     resources:
+        gpu=train_resources("emulator", "gpu"),
         mem_mb=4000,
         runtime=20,
     script:

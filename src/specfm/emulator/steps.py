@@ -92,10 +92,24 @@ def inference_stars(grid, settings: dict) -> np.ndarray:
     return rows[: settings["n_stars"]]
 
 
-def infer(grid_path, model_path, out, *, settings: dict, seed: int, threads=None, code_files=()) -> dict:
-    """Fit the labels of held-out stars through one emulator -> a Parquet table (one row per star)."""
+def device_name(device) -> str:
+    """The device a product was measured on, e.g. "cuda:0 (NVIDIA H200)" or "cpu (8 threads)":
+    a throughput or seconds-per-star number means nothing without it."""
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def infer(grid_path, model_path, out, *, settings: dict, seed: int, gpu: int = 0, threads=None,
+          code_files=()) -> dict:
+    """Fit the labels of held-out stars through one emulator -> a Parquet table (one row per star),
+    on the GPU when the rule was granted one (choose_device, as training)."""
     import pandas as pd
     import torch
+
+    from specfm.train import choose_device
 
     from .inference import fit_labels, summarise
     from .training import load_emulator
@@ -104,19 +118,22 @@ def infer(grid_path, model_path, out, *, settings: dict, seed: int, threads=None
         torch.set_num_threads(threads)
     grid = read(grid_path)
     emu, meta = load_emulator(model_path)
+    device = choose_device(gpu)
     rows = inference_stars(grid, settings)
     weight = np.isfinite(grid.flux_error[rows]).astype(np.float32) if grid.flux_error is not None \
         else np.ones(grid.flux[rows].shape, np.float32)
     fitted, mse, seconds = fit_labels(emu, grid.flux[rows], weight, restarts=settings["restarts"],
                                       steps=settings["steps"], lr=settings["lr"],
-                                      clip=settings["clip"], warmup=settings["warmup"], seed=seed)
+                                      clip=settings["clip"], warmup=settings["warmup"], seed=seed,
+                                      device=device, batch=settings["batch"])
     table = pd.DataFrame({"id": grid.ids[rows].astype(str), "fit_mse": mse})
     for j, name in enumerate(grid.label_names):
         table[f"{name}_true"] = grid.labels[rows, j]
         table[f"{name}_fit"] = fitted[:, j]
     with atomic_path(out) as tmp:
         table.to_parquet(tmp, index=False)
-    summary = {"model": meta["model"], "n_stars": int(len(rows)), "seconds": seconds,
+    summary = {"model": meta["model"], "device": device_name(device), "n_stars": int(len(rows)),
+               "seconds": seconds,
                "seconds_per_star": seconds / max(len(rows), 1),
                "labels": summarise(grid.labels[rows], fitted, grid.label_names)}
     log.info("inference %s: %s", model_path, summary)
@@ -293,21 +310,25 @@ def headline(largest: dict, ft: list[dict], inf: dict, mean_scores: dict, model:
     return out + _finetune_beats_scratch(ft, model) + _inference_scatter(inf, model, targets)
 
 
-def bench(models: list[str], out, *, batch: int, min_seconds: float, threads=None, code_files=()) -> dict:
-    """spectra/s of each emulator (one run, batched, full grid) -> results/bench/emulator_speed.json."""
+def bench(models: list[str], out, *, batch: int, min_seconds: float, gpu: int = 0, threads=None,
+          code_files=()) -> dict:
+    """spectra/s of each emulator (one run, batched, full grid) -> results/bench/emulator_speed.json,
+    on the GPU when the rule was granted one, with the device it was measured on."""
     import torch
+
+    from specfm.train import choose_device
 
     from .bench import spectra_per_second
     from .training import load_emulator
 
     if threads:
         torch.set_num_threads(threads)
-    result = {}
+    device, result = choose_device(gpu), {}
     for path in models:
         emu, meta = load_emulator(path)
         result[meta["model"]] = {**spectra_per_second(emu, len(meta["lo"]), batch=batch,
-                                                      min_seconds=min_seconds),
+                                                      min_seconds=min_seconds, device=device),
                                  "n_params": meta["summary"]["n_params"], "model_file": str(path)}
         log.info("%s: %.1f spectra/s", meta["model"], result[meta["model"]]["spectra_per_second"])
-    write_json_atomic(out, {"device": "cpu", "models": result})
+    write_json_atomic(out, {"device": device_name(device), "models": result})
     return result
