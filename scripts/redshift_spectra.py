@@ -6,4 +6,5 @@ from specfm.redshift.steps import make_spectra
 p = snakemake.params
 with rule_logging(snakemake.log[0]):
     make_spectra(p.kind, snakemake.output[0], grid=p.grid, sample=snakemake.wildcards.sample, seed=p.seed,
-                 inputs=list(snakemake.input), mock=p.mock, code_files=[__file__])
+                 inputs=list(snakemake.input.files), mock=p.mock, selection=snakemake.input.get("selection"),
+                 code_files=[__file__])

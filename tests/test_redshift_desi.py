@@ -122,3 +122,100 @@ def test_select_and_fetch_one_healpix_pixel_from_a_local_server(tmp_path):
         assert not out.exists()
     finally:
         srv.shutdown()
+
+
+# ------------------------------------------------------------------ coadd + redrock + selection -> spectra
+
+GRID = {"wmin": 3600.0, "wmax": 9824.0, "dw": 8.0}
+ARM_RANGES = {"B": (3500.0, 5990.0), "R": (5660.0, 7720.0), "Z": (7470.0, 9900.0)}
+
+
+def write_coadd_pair(d, name="sv3-bright-26065"):
+    """A coadd (targets 101-104, 104 with a bad fibre) and its Redrock file, written with astropy the
+    way DESI lays them out; the Redrock labels differ from the selection's on purpose."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    ids = np.array([101, 102, 103, 104])
+    hdus = [fits.PrimaryHDU(),
+            fits.table_to_hdu(Table({"TARGETID": ids, "COADD_FIBERSTATUS": np.array([0, 0, 0, 8], "i4")}))]
+    hdus[1].name = "FIBERMAP"
+    for arm, (lo, hi) in ARM_RANGES.items():
+        w = np.arange(lo, hi, 2.0)
+        flux = np.ones((ids.size, w.size)) * (1.0 + np.arange(ids.size))[:, None]
+        for ext, data in (("WAVELENGTH", w), ("FLUX", flux), ("IVAR", np.ones_like(flux)),
+                          ("MASK", np.zeros(flux.shape, "i4"))):
+            hdus.append(fits.ImageHDU(data, name=f"{arm}_{ext}"))
+    fits.HDUList(hdus).writeto(d / f"coadd-{name}.fits")
+    rr = fits.table_to_hdu(Table({"TARGETID": ids, "Z": [0.55, 0.0001, 0.3, 0.7], "ZERR": [1e-4] * 4,
+                                  "ZWARN": [0, 4, 0, 0], "SPECTYPE": ["GALAXY", "STAR", "GALAXY", "GALAXY"],
+                                  "DELTACHI2": [50.0, 5.0, 60.0, 70.0]}))
+    rr.name = "REDSHIFTS"
+    fits.HDUList([fits.PrimaryHDU(), rr]).writeto(d / f"redrock-{name}.fits")
+    return d / f"coadd-{name}.fits", d / f"redrock-{name}.fits"
+
+
+def write_selection(path):
+    """101 (BGS) and 103 (ELG) selected in this coadd; 102 selected in another survey's file; 104
+    selected but its fibre is bad."""
+    import pandas as pd
+
+    pd.DataFrame({"TARGETID": [101, 102, 103, 104], "SURVEY": ["sv3", "sv1", "sv3", "sv3"],
+                  "PROGRAM": ["bright"] * 4, "HEALPIX": [26065] * 4, "population": ["BGS", "BGS", "ELG", "ELG"],
+                  "Z": [0.1, 0.2, 1.1, 1.2], "ZERR": [1e-5] * 4, "ZWARN": [0] * 4,
+                  "DELTACHI2": [100.0, 100.0, 30.0, 40.0], "SPECTYPE": ["GALAXY"] * 4}).to_parquet(path)
+    return path
+
+
+def test_desi_kind_keeps_only_selected_targets_labelled_by_the_selection(tmp_path):
+    import json
+
+    from specfm import provenance
+    from specfm.redshift.spectra import read_meta
+    from specfm.redshift.steps import make_spectra
+
+    files = write_coadd_pair(tmp_path)
+    sel = write_selection(tmp_path / "s_selection.parquet")
+    out = tmp_path / "s_spectra.h5"
+    make_spectra("desi", out, grid=GRID, sample="s", seed=0, inputs=list(files), selection=sel)
+    m = read_meta(out)
+    assert m["targetid"].tolist() == [101, 103]  # 102 is not selected for this file, 104 has a bad fibre
+    assert m["population"].tolist() == ["BGS", "ELG"]  # from the selection, not guessed from z
+    assert m["z"].tolist() == [0.1, 1.1] and m["z_cat"].tolist() == [0.1, 1.1]  # not Redrock's 0.55 / 0.3
+    assert m["deltachi2_cat"].tolist() == [100.0, 30.0] and m["spectype_cat"].tolist() == ["GALAXY", "GALAXY"]
+    record = json.loads(provenance.record_path(out).read_text())
+    assert record["params"]["counts"]["dropped_unselected"] == 1  # 102
+    assert record["params"]["counts"]["selected_not_found"] == 2  # 102 (another file) and 104 (bad fibre)
+    assert "selection" in record["inputs"]
+
+
+def test_desi_kind_without_its_selection_is_refused(tmp_path):
+    from specfm.redshift.steps import make_spectra
+
+    with pytest.raises(ValueError, match="sample s: the desi kind needs its selection table"):
+        make_spectra("desi", tmp_path / "x.h5", grid=GRID, sample="s", seed=0,
+                     inputs=list(write_coadd_pair(tmp_path)))
+
+
+def test_a_selection_without_its_columns_is_named(tmp_path):
+    import pandas as pd
+
+    from specfm.redshift.steps import read_selection
+
+    pd.DataFrame({"TARGETID": [1], "Z": [0.1]}).to_parquet(tmp_path / "sel.parquet")
+    with pytest.raises(ValueError, match="sel.parquet: not a redshift selection table.*SURVEY"):
+        read_selection(tmp_path / "sel.parquet")
+
+
+def test_desi_files_kind_keeps_every_good_fibre_with_its_redrock_labels(tmp_path):
+    from specfm.redshift.spectra import read_meta
+    from specfm.redshift.steps import make_spectra
+
+    files = write_coadd_pair(tmp_path)
+    out = tmp_path / "f_spectra.h5"
+    make_spectra("desi_files", out, grid=GRID, sample="f", seed=0, inputs=list(files))
+    m = read_meta(out)
+    assert m["targetid"].tolist() == [101, 102, 103]
+    assert m["z"].tolist() == [0.55, 0.0001, 0.3] and m["zwarn_cat"].tolist() == [0, 4, 0]
+    assert m["spectype_cat"].tolist() == ["GALAXY", "STAR", "GALAXY"]
+    assert set(m["split"]) == {"test"} and m["source_file"].tolist() == ["coadd-sv3-bright-26065.fits"] * 3

@@ -43,12 +43,14 @@ def redshift_trained_sample(wildcards):
 
 
 def redshift_sample_input(wildcards):
-    """What a sample's spectra are built from: the SSP manifest (mock), a source's manifest of coadd +
-    redrock files (desi_files), or the fetched healpix files (desi)."""
+    """What a sample's spectra are built from (named: files, and for desi its selection): the SSP
+    manifest (mock), a source's manifest of coadd + redrock files (desi_files), or the fetched healpix
+    files plus the selection table that says which of their targets to keep and how to label them (desi)."""
     sample = RZ["samples"][wildcards.sample]
     if sample["kind"] == "desi":
-        return desi_pixel_files(wildcards.sample)
-    return [manifest_path(sample["source"])]
+        return {"files": desi_pixel_files(wildcards.sample),
+                "selection": f"results/interim/redshift/{wildcards.sample}_selection.parquet"}
+    return {"files": [manifest_path(sample["source"])]}
 
 
 def redshift_kind(wildcards):
@@ -109,7 +111,7 @@ rule redshift_spectra:
     """Sample -> arms merged by inverse variance onto redshift.grid, masked, median-normalised, split
     by a stable hash of TARGETID (chunked HDF5)."""
     input:
-        redshift_sample_input,
+        unpack(redshift_sample_input),
     output:
         with_prov("results/interim/redshift/{sample}_spectra.h5"),
     log:

@@ -55,8 +55,9 @@ def _normalise_and_append(writer, flux, ivar, meta, counts, name):
 
 
 def make_spectra(kind: str, out, *, grid: dict, sample: str, seed: int, inputs: list | None = None,
-                 mock: dict | None = None, code_files=()) -> None:
-    """A sample -> its spectra file (one grid, normalised, split). kind: mock | desi_files | desi."""
+                 mock: dict | None = None, selection=None, code_files=()) -> None:
+    """A sample -> its spectra file (one grid, normalised, split). kind: mock | desi_files | desi;
+    `selection` (the desi kind's, required there) says which targets of the coadds are kept and labels them."""
     t0 = time.perf_counter()
     wave = _grid(grid)
     counts = {"dropped_unusable": 0}
@@ -64,14 +65,17 @@ def make_spectra(kind: str, out, *, grid: dict, sample: str, seed: int, inputs: 
     if kind == "mock":
         counts.update(_mock_spectra(inputs[0], out, wave, mock or {}, seed, attrs, counts, sample))
     elif kind in ("desi_files", "desi"):
-        counts.update(_desi_spectra(inputs, out, wave, attrs, counts, sample))
+        if kind == "desi" and selection is None:
+            raise ValueError(f"redshift sample {sample}: the desi kind needs its selection table")
+        counts.update(_desi_spectra(inputs, out, wave, attrs, counts, sample, selection))
     else:
         raise ValueError(f"redshift sample {sample}: unknown kind {kind!r}")
     meta = read_meta(out)
     log.info("%s: %d spectra on %d px (%.1f-%.1f A at %.2f A); splits %s; %s; %.1f s", out, meta["z"].size,
              wave.size, wave[0], wave[-1], grid["dw"], dict(zip(*np.unique(meta["split"], return_counts=True))),
              counts, time.perf_counter() - t0)
-    provenance.write(out, inputs={f"input{i}": p for i, p in enumerate(inputs or [])},
+    provenance.write(out, inputs={**{f"input{i}": p for i, p in enumerate(inputs or [])},
+                                  **({"selection": selection} if selection is not None else {})},
                      params={"kind": kind, "grid": grid, "mock": mock, "counts": counts}, seed=seed,
                      code=DATA_CODE, code_files=code_files, step="redshift_spectra")
 
@@ -128,47 +132,115 @@ def _gather(params, test_flags, order, sel):
     return Params(**out)
 
 
-def _desi_spectra(inputs, out, wave, attrs, counts, sample):
-    """Coadd + Redrock file pairs (matched by their name after the 'coadd-'/'redrock-' prefix)."""
+def _desi_spectra(inputs, out, wave, attrs, counts, sample, selection=None):
+    """Coadd + Redrock file pairs (matched by their name after the 'coadd-'/'redrock-' prefix).
+
+    desi_files: every good-fibre target, labelled by its Redrock file. desi: only the targets the
+    zcatalog selection picked for this very coadd (a TARGETID observed in two surveys is kept once, from
+    the file the catalogue's primary row names), labelled by the selection (population, Z), because
+    the cuts were made on the catalogue, not on the per-pixel files."""
     from . import desi as D
 
+    coadds = _desi_coadds(inputs, sample)
+    sel = read_selection(selection) if selection is not None else None
+    counts.update(dropped_fiberstatus=0, dropped_unselected=0)
+    found = 0
+    with SpectraWriter(out, wave, attrs=attrs) as w:
+        for c in coadds:
+            d = D.read_coadd(c)
+            counts["dropped_fiberstatus"] += d["dropped_fiberstatus"]
+            if sel is None:
+                cat = _redrock_labels(c, d["targetid"])
+            else:
+                keep, cat = _selection_labels(sel, c, d["targetid"])
+                counts["dropped_unselected"] += int((~keep).sum())
+                found += int(keep.sum())
+                d = {**d, "targetid": d["targetid"][keep], "fluxes": [f[keep] for f in d["fluxes"]],
+                     "ivars": [iv[keep] for iv in d["ivars"]]}
+            flux, ivar = G.Merger(d["waves"], wave, name=str(c))(d["fluxes"], d["ivars"])
+            _normalise_and_append(w, flux, ivar, _desi_meta(d["targetid"], cat, c, attrs["kind"]), counts, c)
+    if sel is not None:
+        counts["selected_not_found"] = len(sel) - found
+        if found < len(sel):
+            log.warning("%s: %d of %d selected targets are in none of the coadds (fibre status or a missing "
+                        "file)", selection, len(sel) - found, len(sel))
+    return counts
+
+
+def _desi_coadds(inputs, sample) -> list[Path]:
+    """The coadd files among the inputs (a source manifest stands for the files it lists, re-verified)."""
     files = []
-    for p in map(Path, inputs):  # a source manifest stands for the files it lists (checksums re-verified)
+    for p in map(Path, inputs):
         files += manifest_files(p, "*.fits") if p.name == "manifest.json" else [p]
     coadds = sorted(p for p in files if p.name.startswith("coadd-"))
     if not coadds:
         raise ValueError(f"redshift sample {sample}: no coadd-*.fits among its inputs")
-    counts["dropped_fiberstatus"] = 0
-    with SpectraWriter(out, wave, attrs=attrs) as w:
-        for c in coadds:
-            rr_path = c.with_name("redrock-" + c.name[len("coadd-"):])
-            d = D.read_coadd(c)
-            counts["dropped_fiberstatus"] += d["dropped_fiberstatus"]
-            merger = G.Merger(d["waves"], wave, name=str(c))
-            flux, ivar = merger(d["fluxes"], d["ivars"])
-            cat = {"Z": np.full(d["targetid"].size, np.nan), "ZWARN": np.full(d["targetid"].size, -1),
-                   "DELTACHI2": np.full(d["targetid"].size, np.nan),
-                   "SPECTYPE": np.full(d["targetid"].size, "")}
-            if rr_path.exists():
-                rr = D.read_redrock(rr_path)
-                pos = {int(t): k for k, t in enumerate(rr["TARGETID"])}
-                for i, t in enumerate(d["targetid"]):
-                    if int(t) in pos:
-                        for col in cat:
-                            cat[col][i] = rr[col][pos[int(t)]]
-            else:
-                log.warning("%s: no Redrock file %s; catalogue z unknown", c, rr_path.name)
-            sm = _split_meta(d["targetid"])
-            z = np.asarray(cat["Z"], float)
-            pop = np.where(z < 0.6, "BGS", "ELG")
-            meta = {"targetid": d["targetid"], "z": z, "z_cat": z, "zwarn_cat": np.asarray(cat["ZWARN"], np.int64),
-                    "deltachi2_cat": np.asarray(cat["DELTACHI2"], float), "spectype_cat": cat["SPECTYPE"],
-                    "population": np.where(np.isfinite(z), pop, "UNK"), "source_file": np.full(z.size, c.name),
-                    "hash_u": sm["hash_u"],
-                    # real files are scored, not trained on, unless the sample trains its own model
-                    "split": np.full(z.size, "test") if attrs["kind"] == "desi_files" else sm["split"]}
-            _normalise_and_append(w, flux, ivar, meta, counts, c)
-    return counts
+    return coadds
+
+
+SELECTION_COLUMNS = ("TARGETID", "SURVEY", "PROGRAM", "HEALPIX", "population", "Z")
+
+
+def read_selection(path) -> pd.DataFrame:
+    """The selection table select_targets wrote, with the coadd file name each target is read from."""
+    df = pd.read_parquet(path)
+    missing = [c for c in SELECTION_COLUMNS if c not in df]
+    if missing:
+        raise ValueError(f"{path}: not a redshift selection table, missing column(s) {', '.join(missing)}")
+    if df["TARGETID"].duplicated().any():
+        raise ValueError(f"{path}: TARGETID {df.loc[df['TARGETID'].duplicated(), 'TARGETID'].iloc[0]} "
+                         "is selected twice")
+    df = df.copy()
+    df["coadd"] = [f"coadd-{s}-{p}-{int(h)}.fits" for s, p, h in zip(df["SURVEY"], df["PROGRAM"], df["HEALPIX"])]
+    return df
+
+
+def _selection_labels(sel: pd.DataFrame, coadd: Path, targetid) -> tuple[np.ndarray, dict]:
+    """(keep mask over the coadd's targets, catalogue columns of the kept ones) from the selection."""
+    rows = sel[sel["coadd"] == coadd.name].set_index("TARGETID")
+    keep = np.isin(targetid, rows.index.to_numpy())
+    r = rows.loc[targetid[keep]]
+    n = int(keep.sum())
+    cat = {"Z": r["Z"].to_numpy(float), "population": r["population"].to_numpy(str),
+           "ZWARN": r["ZWARN"].to_numpy(np.int64) if "ZWARN" in r else np.full(n, -1),
+           "DELTACHI2": r["DELTACHI2"].to_numpy(float) if "DELTACHI2" in r else np.full(n, np.nan),
+           "SPECTYPE": r["SPECTYPE"].to_numpy(str) if "SPECTYPE" in r else np.full(n, "")}
+    return keep, cat
+
+
+def _redrock_labels(coadd: Path, targetid) -> dict:
+    """Catalogue columns of a coadd's targets from its Redrock file (NaN / -1 where it has none).
+    No cuts here: the population is a guess from z (BGS-like below 0.6), for the per-population scores."""
+    from . import desi as D
+
+    n = targetid.size
+    cat = {"Z": np.full(n, np.nan), "ZWARN": np.full(n, -1), "DELTACHI2": np.full(n, np.nan),
+           "SPECTYPE": np.full(n, "", dtype=object)}
+    rr_path = coadd.with_name("redrock-" + coadd.name[len("coadd-"):])
+    if rr_path.exists():
+        rr = D.read_redrock(rr_path)
+        pos = {int(t): k for k, t in enumerate(rr["TARGETID"])}
+        for i, t in enumerate(targetid):
+            if int(t) in pos:
+                for col in cat:
+                    cat[col][i] = rr[col][pos[int(t)]]
+    else:
+        log.warning("%s: no Redrock file %s; catalogue z unknown", coadd, rr_path.name)
+    z = np.asarray(cat["Z"], float)
+    cat["population"] = np.where(np.isfinite(z), np.where(z < 0.6, "BGS", "ELG"), "UNK")
+    cat["SPECTYPE"] = cat["SPECTYPE"].astype(str)
+    return cat
+
+
+def _desi_meta(targetid, cat, coadd: Path, kind: str) -> dict:
+    """Per-spectrum columns of real spectra: the catalogue's z is both the label and z_cat."""
+    sm = _split_meta(targetid)
+    z = np.asarray(cat["Z"], float)
+    return {"targetid": targetid, "z": z, "z_cat": z, "zwarn_cat": np.asarray(cat["ZWARN"], np.int64),
+            "deltachi2_cat": np.asarray(cat["DELTACHI2"], float), "spectype_cat": cat["SPECTYPE"],
+            "population": cat["population"], "source_file": np.full(z.size, coadd.name), "hash_u": sm["hash_u"],
+            # real files are scored, not trained on, unless the sample trains its own model
+            "split": np.full(z.size, "test") if kind == "desi_files" else sm["split"]}
 
 
 # ------------------------------------------------------------------ Redrock templates
@@ -546,7 +618,8 @@ def select_targets(zcatalog, out_targets, out_pixels, *, cuts: dict, max_targets
     df = pd.DataFrame({"TARGETID": t["TARGETID"][keep], "SURVEY": np.char.strip(t["SURVEY"][keep].astype(str)),
                        "PROGRAM": np.char.strip(t["PROGRAM"][keep].astype(str)),
                        "HEALPIX": t["HEALPIX"][keep].astype(np.int64), "population": label[keep],
-                       **{c: t[c][keep] for c in ("Z", "ZERR", "ZWARN", "DELTACHI2") if c in t}})
+                       **{c: t[c][keep] for c in ("Z", "ZERR", "ZWARN", "DELTACHI2") if c in t},
+                       **({"SPECTYPE": np.char.strip(t["SPECTYPE"][keep].astype(str))} if "SPECTYPE" in t else {})})
     with atomic_path(out_targets) as tmp:
         df.to_parquet(tmp, index=False)
     pix = df[["SURVEY", "PROGRAM", "HEALPIX"]].drop_duplicates().sort_values(["SURVEY", "PROGRAM", "HEALPIX"])
