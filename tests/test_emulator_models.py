@@ -102,14 +102,14 @@ def toy_grid(tmp_path, n=120):
     return path
 
 
-def train(tmp_path, path, model="payne", steps=400, **kw):
+def train(tmp_path, path, model="payne", steps=400, out=None, eval_every=100, **kw):
     from specfm.emulator.training import train_emulator
 
     arch = {"payne": {"widths": [32, 32]}, "transformer_payne": {"d": 16, "tokens": 4, "blocks": 1, "heads": 2,
                                                                   "line_fwhm": 2.0}}[model]
-    opt = {"steps": steps, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.0, "warmup": 0.1, "eval_every": 100,
-           "n_wave_train": 32, "val_batch_size": 32}
-    out = tmp_path / f"{model}.pt"
+    opt = {"steps": steps, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.0, "warmup": 0.1,
+           "eval_every": eval_every, "n_wave_train": 32, "val_batch_size": 32}
+    out = out or tmp_path / f"{model}.pt"
     summary = train_emulator(path, out, model=model, arch=arch, train=opt, mode="scratch", size="all", seed=1,
                              subset_seed=2, log_labels=[], progress=False, threads=1, **kw)
     return out, summary
@@ -138,12 +138,55 @@ def test_training_beats_the_mean_and_inference_recovers_the_labels(tmp_path, mon
     assert s["teff"]["n"] == 4 and s["teff"]["scatter"] < 150 and seconds > 0
 
 
+def spy_on_training(monkeypatch, kill_at=None):
+    """Record the pixel indices TransformerPayne is asked for in each training step (the loss's
+    `model(x, pix)` call) and, at training step `kill_at`, send SIGTERM as a scheduler would."""
+    import os
+    import signal
+
+    from specfm.emulator import training
+
+    pixels, forward = [], Emulator.forward
+
+    def spy_forward(self, x, idx=None):
+        if self.training:
+            pixels.append(None if idx is None else idx.detach().clone())
+            if kill_at is not None and len(pixels) == kill_at:
+                os.kill(os.getpid(), signal.SIGTERM)  # fit checkpoints at the batch boundary
+        return forward(self, x, idx)
+
+    monkeypatch.setattr(training.Emulator, "forward", spy_forward)
+    return pixels
+
+
 def test_transformer_payne_trains_on_random_pixels_and_resumes(tmp_path, monkeypatch):
+    """A run stopped by SIGTERM mid-epoch and rerun ends with the same weights as an uninterrupted
+    run of the same seed; every training step sees n_wave_train (32) distinct random pixels of
+    each spectrum, not the whole grid (80) and not the same pixels every step."""
+    from specfm.train import Preempted, load_final
+
     monkeypatch.setenv("SPECFM_CHECKPOINT_DIR", str(tmp_path / "ck"))
     path = toy_grid(tmp_path, n=60)
-    out, a = train(tmp_path, path, model="transformer_payne", steps=200)
-    assert a["history"][-1]["val_loss"] < a["history"][0]["val_loss"] * 1.5
+    kw = {"model": "transformer_payne", "steps": 60, "eval_every": 20}
+    pixels = spy_on_training(monkeypatch)
+    _, a = train(tmp_path, path, out=tmp_path / "straight.pt", **kw)
+    assert len(pixels) == 60 and all(p is not None and p.shape == (16, 32) for p in pixels)
+    assert all(len(set(row.tolist())) == 32 for p in pixels for row in p)  # no pixel twice
+    assert 0 <= min(int(p.min()) for p in pixels) and max(int(p.max()) for p in pixels) < 80
+    assert not torch.equal(pixels[0], pixels[1])  # drawn afresh each step
     assert np.isfinite(a["best_val_mse"])
+
+    spy_on_training(monkeypatch, kill_at=30)  # mid-epoch 1 (20 steps per epoch)
+    with pytest.raises(Preempted):
+        train(tmp_path, path, out=tmp_path / "resumed.pt", **kw)
+    assert not (tmp_path / "resumed.pt").exists()
+    rest = spy_on_training(monkeypatch)
+    _, b = train(tmp_path, path, out=tmp_path / "resumed.pt", **kw)
+    assert len(rest) == 30  # resumed at step 30: no step repeated or skipped
+    assert [h["val_loss"] for h in b["history"]] == [h["val_loss"] for h in a["history"]]
+    straight, resumed = load_final(tmp_path / "straight.pt")[0], load_final(tmp_path / "resumed.pt")[0]
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
 
 
 def test_a_training_size_larger_than_the_split_is_a_named_error(tmp_path, monkeypatch):
