@@ -1,6 +1,7 @@
 """The emulator chain end to end on the tiny config: the real MILES stars (sdss-mangadap wheel from
-the package index, first 300) -> grid -> four emulators at one size (80), TransformerPayne pretrained + fine-tuned ->
-inference -> metrics, figures, throughput, all through Snakemake, every product with a record."""
+the package index, first 300) -> grid -> four emulators at one size (80), TransformerPayne
+pretrained + fine-tuned -> inference -> metrics, figures, throughput, all through Snakemake, every
+product with a record."""
 
 from __future__ import annotations
 
