@@ -6,7 +6,8 @@ through the lock file under the key ``NAME/FILENAME``); its `members`, if any, a
 path, not only by the fetch: an archive placed by hand (as a failed fetch suggests) goes through the
 unpack step, which refuses one that is not the pin, and readers go through `manifest_files`, which
 re-checks the archive and every member, so neither a repacked archive nor a file edited by hand is
-ever used silently.
+ever used silently. A source without members (a cube, a catalogue) is read straight from its
+archive path, so its readers go through `checked_source_file`, which checks it the same way.
 """
 
 from __future__ import annotations
@@ -77,6 +78,50 @@ def check_archive(archive: Path, expected: str, what: str) -> str:
     return found
 
 
+def _expected_pin(path: Path, *, sha256: str | None, what: str, lock_path: str | Path | None,
+                  lock_key: str | None, caller: str) -> dict:
+    """What `path` must hash to: {"sha256", "from"} (+ "lock", "lock_key" for a lock entry).
+
+    The pin is `sha256` (`what` says where it is declared), else the lock's entry under `lock_key`;
+    with neither, the file is recorded in the lock now (trust on first use, as a fetch would)."""
+    if sha256:
+        return {"sha256": sha256.lower(), "from": what or "pinned"}
+    if lock_path is None or not lock_key:
+        raise ValueError(f"{caller}({path}): give the pinned sha256 or the lock and its key")
+    lock = ChecksumLock(lock_path)
+    entry = lock.get(lock_key)
+    if entry is None:
+        log.warning("%s: no checksum recorded in %s under %r; recording it now (trust on first use)",
+                    path, lock.path, lock_key)
+        entry = lock.record(lock_key, sha256=sha256_file(path), size=path.stat().st_size,
+                            url=f"found at {path.as_posix()} (not fetched by specfm)")
+    return {"sha256": entry["sha256"], "from": f"lock {lock.path} key {lock_key!r}",
+            "lock": Path(lock_path).as_posix(), "lock_key": lock_key}
+
+
+def checked_source_file(path: str | Path, pin: Mapping[str, Any] | None) -> Path:
+    """`path`, a source read as is (no `members`: a cube, a catalogue), once it is checked against
+    its pin; ChecksumError (one line: the file, the expected and the found sha256) if it is not.
+
+    `pin` holds `unpack_source`'s keywords (the workflow's `unpack_pin(name)`, passed as a rule
+    param): the config's `sha256` (`what` says where it is declared), else the lock's entry under
+    `lock_key` in `lock_path`; with neither pin nor entry, the file is recorded in the lock now
+    (trust on first use, as `unpack_source` does). `pin` None: `path` is not a declared source (e.g. a mock cube the
+    workflow built), nothing to check. A file placed by hand never went through the fetch's check,
+    so every reader checks it here before use."""
+    path = Path(path)
+    if pin is None:
+        return path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: source file missing")
+    expected = _expected_pin(path, sha256=pin.get("sha256"), what=pin.get("what", ""),
+                             lock_path=pin.get("lock_path"), lock_key=pin.get("lock_key"),
+                             caller="checked_source_file")
+    found = check_archive(path, expected["sha256"], expected["from"])
+    log.info("%s: sha256 %s as expected (%s)", path, found, expected["from"])
+    return path
+
+
 def unpack_source(archive: Path, members: list[str], manifest: Path, *, sha256: str | None = None,
                   what: str = "", lock_path: str | Path | None = None, lock_key: str | None = None) -> dict[str, str]:
     """Check `archive` against its pin, unpack `members` next to `manifest` (in files/), write the manifest.
@@ -87,20 +132,8 @@ def unpack_source(archive: Path, members: list[str], manifest: Path, *, sha256: 
     corrupt or truncated archive leaves the previous, verified members in place.
     """
     archive, manifest = Path(archive), Path(manifest)
-    if sha256:
-        expected = {"sha256": sha256.lower(), "from": what or "pinned"}
-    elif lock_path is not None and lock_key:
-        lock = ChecksumLock(lock_path)
-        entry = lock.get(lock_key)
-        if entry is None:
-            log.warning("%s: no checksum recorded in %s under %r; recording it now (trust on first use)",
-                        archive, lock.path, lock_key)
-            entry = lock.record(lock_key, sha256=sha256_file(archive), size=archive.stat().st_size,
-                                url=f"found at {archive.as_posix()} (not fetched by specfm)")
-        expected = {"sha256": entry["sha256"], "from": f"lock {lock.path} key {lock_key!r}",
-                    "lock": Path(lock_path).as_posix(), "lock_key": lock_key}
-    else:
-        raise ValueError(f"unpack_source({archive}): give the pinned sha256 or the lock and its key")
+    expected = _expected_pin(archive, sha256=sha256, what=what, lock_path=lock_path, lock_key=lock_key,
+                             caller="unpack_source")
     archive_sha = check_archive(archive, expected["sha256"], expected["from"])
     files_dir = manifest.parent / "files"
     _remove_stale(manifest.parent)
