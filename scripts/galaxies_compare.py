@@ -9,4 +9,4 @@ with rule_logging(snakemake.log[0]):
     compare(snakemake.input.model, snakemake.input.ppxf, snakemake.input.get("truth"), snakemake.input.bench,
             out.metrics, {"panels": out.panels, "running": out.running, "residuals": out.residuals},
             published_path=snakemake.input.get("published"), maps_units=snakemake.params.maps_units,
-            code_files=[__file__])
+            published_pin=snakemake.params.published_pin, code_files=[__file__])

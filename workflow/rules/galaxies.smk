@@ -256,13 +256,17 @@ def mock_params(wildcards):
 
 
 def bin_params(wildcards):
-    """Binning settings; a MaNGA cube also names its layout (mock and PHANGS share the default one)."""
+    """Binning settings; a MaNGA cube also names its layout (mock and PHANGS share the default one);
+    a fetched cube, its pin (checked before use: a file placed by hand skips the fetch rule)."""
     layout = {"kind": "manga"} if target_kind(wildcards.galaxy) == "manga" else {}
+    target = GAL["targets"][wildcards.galaxy]
+    pin = {"source_pin": unpack_pin(target["cube"])} if target["kind"] in ("phangs", "manga") else {}
     return {
-        "redshift": GAL["targets"][wildcards.galaxy]["redshift"],
+        "redshift": target["redshift"],
         "target_snr": GAL["binning"]["target_snr"],
         "min_snr": GAL["binning"]["min_snr"],
         **layout,
+        **pin,
     }
 
 
@@ -405,6 +409,12 @@ def galaxy_reference(wildcards):
     return {}
 
 
+def published_pin(wildcards):
+    """The pin of a real galaxy's published maps (checked before use), None without such maps."""
+    maps = GAL["targets"][wildcards.galaxy].get("maps")
+    return unpack_pin(maps) if maps and GAL["targets"][wildcards.galaxy]["kind"] in ("phangs", "manga") else None
+
+
 def maps_units(wildcards):
     """BUNIT overrides for a published MAPS file whose extensions lack them ({EXTNAME: unit})."""
     return dict(GAL["targets"][wildcards.galaxy].get("maps_units", {}))
@@ -440,6 +450,7 @@ rule galaxies_compare:
         rule_bench("galaxies_compare_{galaxy}"),
     params:
         maps_units=maps_units,
+        published_pin=published_pin,
     resources:
         mem_mb=4000,
         runtime=10,

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from specfm import provenance
-from specfm.fetch.sources import manifest_files
+from specfm.fetch.sources import checked_source_file, manifest_files
 
 from .template_table import plot_templates, prepare_templates, read_template_table, write_template_table
 
@@ -62,12 +62,15 @@ def mock_cube(manifest: str | Path, out_cube: str | Path, out_truth: str | Path,
 
 
 def bin_cube(cube_path: str | Path, out: str | Path, *, redshift: float, target_snr: float, min_snr: float,
-             kind: str = "phangs", code_files=()) -> None:
+             kind: str = "phangs", source_pin: dict | None = None, code_files=()) -> None:
     """IFU cube -> de-redshifted, masked, Voronoi-binned spectra on the paper grid (HDF5).
 
-    ``kind``: the file layout, "phangs" (also the mock's) or "manga" (`specfm.galaxies.manga`)."""
+    ``kind``: the file layout, "phangs" (also the mock's) or "manga" (`specfm.galaxies.manga`).
+    ``source_pin``: a fetched cube's pin, checked before use (`fetch.sources.checked_source_file`);
+    None for a cube the workflow built (the mock)."""
     from .cube import preprocess_file, write_bins
 
+    checked_source_file(cube_path, source_pin)
     start = time.perf_counter()
     bins = preprocess_file(cube_path, redshift, target_snr=target_snr, min_snr=min_snr, kind=kind)  # in strips
     write_bins(bins, out)
@@ -242,9 +245,10 @@ def published_for(maps_path: str | Path, model_maps, *, units: dict | None = Non
 
 def compare(model_path: str | Path, ppxf_path: str | Path, truth_path: str | Path | None, bench_path: str | Path,
             metrics_out: str | Path, figures: dict, *, published_path: str | Path | None = None,
-            maps_units: dict | None = None, code_files=()) -> None:
+            maps_units: dict | None = None, published_pin: dict | None = None, code_files=()) -> None:
     """Model vs pPXF (and vs truth for a mock, vs the published PHANGS maps for a real galaxy):
-    metrics JSON and the map / difference / residual figures."""
+    metrics JSON and the map / difference / residual figures. ``published_pin``: the pin of the
+    published maps' source, checked before they are read (`fetch.sources.checked_source_file`)."""
     import json
 
     from specfm.io import write_json_atomic
@@ -252,6 +256,8 @@ def compare(model_path: str | Path, ppxf_path: str | Path, truth_path: str | Pat
     from .compare import compare_maps, plot_map_panels, plot_residual_histograms, plot_running_differences
     from .maps import read_maps
 
+    if published_path:
+        checked_source_file(published_path, published_pin)
     model, ppxf = read_maps(model_path), read_maps(ppxf_path)
     truth = None
     if truth_path:
