@@ -313,6 +313,12 @@ def stars_archive_label_sources():
     return {name: archive_path(labels[name]) for name in STARS_LABEL_CATALOGUES if labels.get(name)}
 
 
+def stars_archive_label_pins():
+    """{catalogue: its source's pin}, checked before use (a file placed by hand skips the fetch rule)."""
+    labels = STARS_ARCHIVE["labels"]
+    return {name: unpack_pin(labels[name]) for name in STARS_LABEL_CATALOGUES if labels.get(name)}
+
+
 def stars_archive_inputs(wildcards):
     spec = STARS["samples"][wildcards.sample]
     inputs = {}
@@ -405,6 +411,7 @@ rule stars_archive_labels:
         rule_bench("stars_archive_labels"),
     params:
         priority=STARS_ARCHIVE["labels"]["priority"],
+        pins=stars_archive_label_pins(),
     resources:
         mem_mb=16000,
         runtime=60,

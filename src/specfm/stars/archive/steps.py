@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
+from specfm.fetch.sources import checked_source_file
 from specfm.io import atomic_path
 
 from . import gaia as G
@@ -87,8 +88,15 @@ def fetch_cone(ra: float, dec: float, radius: float, out: str | Path, *, level: 
 
 def build_labels(out: str | Path, *, apogee: str | None = None, astronn: str | None = None,
                  leung: str | None = None, galah: str | None = None, rave: str | None = None,
-                 priority=("apogee", "galah", "rave")) -> int:
-    """All configured label catalogues -> one Parquet table (one row per source_id, sorted)."""
+                 priority=("apogee", "galah", "rave"), pins: dict | None = None) -> int:
+    """All configured label catalogues -> one Parquet table (one row per source_id, sorted).
+
+    ``pins``: {catalogue: its source's pin}; each catalogue file is checked against its pin before
+    use (`specfm.fetch.sources.checked_source_file`: a file placed by hand skips the fetch rule)."""
+    files = {"apogee": apogee, "astronn": astronn, "leung": leung, "galah": galah, "rave": rave}
+    for name, path in files.items():
+        if path:
+            checked_source_file(path, (pins or {}).get(name))
     tables = {}
     if apogee:
         tables["apogee"] = L.apogee_labels(apogee, astronn=astronn, leung=leung)
