@@ -381,6 +381,11 @@ def redshift_zcatalog(wildcards):
     return archive_path(RZ["samples"][wildcards.sample]["zcatalog"])
 
 
+def redshift_zcatalog_pin(wildcards):
+    """The zcatalog source's pin, checked before use (a file placed by hand skips the fetch rule)."""
+    return unpack_pin(RZ["samples"][wildcards.sample]["zcatalog"])
+
+
 def redshift_cuts(wildcards):
     return RZ["samples"][wildcards.sample].get("cuts", RZ["cuts"])
 
@@ -401,6 +406,7 @@ checkpoint redshift_select:
     params:
         cuts=redshift_cuts,
         max_targets=redshift_max_targets,
+        source_pin=redshift_zcatalog_pin,
     resources:
         mem_mb=16000,
         runtime=60,

@@ -601,11 +601,16 @@ def read_zcatalog(path, columns=None) -> dict:
     return {c: data[c].astype(data[c].dtype.newbyteorder("=")) for c in data.dtype.names}  # FITS is big-endian
 
 
-def select_targets(zcatalog, out_targets, out_pixels, *, cuts: dict, max_targets=None, code_files=()):
+def select_targets(zcatalog, out_targets, out_pixels, *, cuts: dict, max_targets=None, source_pin=None,
+                   code_files=()):
     """zcatalog -> the selected targets (TARGETID, SURVEY, PROGRAM, HEALPIX, population, Z...) and
-    the healpix pixels that hold them (the per-pixel fetch jobs)."""
+    the healpix pixels that hold them (the per-pixel fetch jobs). ``source_pin``: the zcatalog
+    source's pin, checked before use (`specfm.fetch.sources.checked_source_file`)."""
+    from specfm.fetch.sources import checked_source_file
+
     from .desi import select
 
+    checked_source_file(zcatalog, source_pin)
     t = read_zcatalog(zcatalog)
     for col in ("TARGETID", "SURVEY", "PROGRAM", "HEALPIX"):
         if col not in t:
