@@ -48,12 +48,39 @@ def test_pixels_bluer_than_the_ssps_are_masked_above_z_1_14():
     assert out["counts"]["masked_rest_coverage"] == int(np.sum(wave < edge))
 
 
-def test_test_split_uses_another_sfh_family():
+def test_sfh_weights_sum_to_one_and_nothing_is_older_than_the_universe():
     ages = np.array([0.1, 0.5, 1.0, 5.0, 10.0])
     rng = np.random.default_rng(1)
     for family in ("tau", "delayed"):
         w = M.sfh_weights(rng, ages, t_univ=3.0, family=family)
-        assert w.sum() == pytest.approx(1.0) and np.all(w[ages > 3.0] == 0)  # nothing older than the Universe
+        assert w.sum() == pytest.approx(1.0) and np.all(w[ages > 3.0] == 0)
+
+
+def test_test_split_uses_another_sfh_family():
+    """The parameters _mock_spectra renders: test galaxies come from the truncated delayed-tau family
+    (about 30 % quenched: no mass in the youngest age bin), which tau + burst never gives."""
+    from specfm.redshift.steps import mock_params
+
+    basis = flat_basis()
+    basis.age_gyr = np.geomspace(0.063, 15.85, 25)  # the E-MILES ages (truncations fall between bins)
+    p = mock_params(3, np.arange(600) % 3 == 0, basis, M.MockSettings())
+    assert p[False].z.size == 400 and p[True].z.size == 200
+    youngest = basis.age_gyr.argmin()
+    young = {t: p[t].weights[:, youngest::basis.age_gyr.size].sum(axis=1) for t in (False, True)}
+    assert np.all(young[False] > 0)  # tau + burst: every training galaxy still forms stars
+    assert 0.15 < np.mean(young[True] == 0) < 0.45, np.mean(young[True] == 0)
+
+
+def test_test_split_has_its_own_random_stream():
+    """Neither split's galaxies depend on the other split's size (one shared stream would shift them)."""
+    from specfm.redshift.steps import mock_params
+
+    basis, s = flat_basis(), M.MockSettings()
+    split = lambda n_train, n_test: np.arange(n_train + n_test) >= n_train  # noqa: E731
+    a, b, c = (mock_params(5, split(*n), basis, s) for n in [(300, 100), (300, 50), (200, 100)])
+    assert np.array_equal(a[False].weights, b[False].weights) and np.array_equal(a[False].z, b[False].z)
+    assert np.array_equal(a[True].weights, c[True].weights) and np.array_equal(a[True].z, c[True].z)
+    assert not np.allclose(a[False].z[:100], a[True].z)  # and the two streams differ
 
 
 def test_air_to_vac_at_halpha():

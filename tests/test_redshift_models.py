@@ -53,3 +53,26 @@ def test_scores_by_hand():
     assert scores([np.nan], [0.3])["n"] == 0
     b = binned(zp, zt, zt, [0.0, 0.75, 2.0])
     assert [x["n"] for x in b] == [2, 2] and b[0]["eta"] == 0.0
+
+
+def fold_meta():
+    """6 labelled + 2 unlabelled training spectra and 2 test ones (hash_u < 0.15)."""
+    return {"hash_u": np.array([0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
+            "z": np.array([0.1, 0.2, 0.3, np.nan, 0.5, 0.6, np.nan, 0.8, 0.9, 1.0])}
+
+
+def test_fold_rows_splits_the_labelled_training_spectra_only():
+    from specfm.redshift.training import fold_rows
+
+    rows = [fold_rows(fold_meta(), k, 2) for k in range(2)]
+    assert rows[0]["val"].tolist() == rows[1]["train"].tolist() == [2, 4, 5]  # part 0: u < 0.575, z known
+    assert rows[0]["train"].tolist() == rows[1]["val"].tolist() == [7, 8, 9]
+
+
+def test_more_folds_than_labelled_training_spectra_is_named():
+    from specfm.redshift.training import fold_rows
+
+    with pytest.raises(ValueError, match="s_spectra.h5: 7 folds but only 6 labelled training spectra"):
+        fold_rows(fold_meta(), 0, 7, "s_spectra.h5")
+    with pytest.raises(ValueError, match="fold 3 is not in 0..2"):
+        fold_rows(fold_meta(), 3, 3, "s_spectra.h5")

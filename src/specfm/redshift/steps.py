@@ -91,12 +91,8 @@ def _mock_spectra(manifest, out, wave, cfg, seed, attrs, counts, sample):
     merger = G.Merger([M.arm_wave(a) for a in M.ARMS], wave, name=f"mock sample {sample}")
     ids = s.targetid_base + np.arange(s.n_spectra, dtype=np.int64)
     sm = _split_meta(ids)
-    # parameters: training/validation and test from independent streams (see specfm.redshift.mock)
     is_test = sm["split"] == "test"
-    params = {}
-    for test in (False, True):
-        rng = np.random.default_rng([seed, int(test)])
-        params[test] = M.draw_params(rng, int((is_test == test).sum()), basis, s, test=test)
+    params = mock_params(seed, is_test, basis, s)
     order = {test: np.cumsum(is_test == test) - 1 for test in (False, True)}
     noise_rng = np.random.default_rng([seed, 7])
     mask_counts = {"masked_rest_coverage": 0, "masked_bad": 0}
@@ -116,6 +112,17 @@ def _mock_spectra(manifest, out, wave, cfg, seed, attrs, counts, sample):
     log.info("mock: masked %d pixels bluer than the SSPs' rest coverage (z > 1.14) and %d bad pixels",
              mask_counts["masked_rest_coverage"], mask_counts["masked_bad"])
     return mask_counts
+
+
+def mock_params(seed: int, is_test: np.ndarray, basis, s) -> dict:
+    """{False: training/validation Params, True: test Params}, each in its own random stream
+    ([seed, 0] / [seed, 1]) and the test one from another SFH family and line-ratio ranges
+    (specfm.redshift.mock.draw_params): the test split measures generalisation, not memory, and one
+    split's size never changes the other's galaxies."""
+    from .mock import draw_params
+
+    return {test: draw_params(np.random.default_rng([seed, int(test)]), int((is_test == test).sum()), basis, s,
+                              test=test) for test in (False, True)}
 
 
 def _gather(params, test_flags, order, sel):
