@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -63,17 +64,25 @@ def test_the_report_reads_the_headline(tmp_path):
     assert len(rows) == len(entries) and rows[0].target == 0.015
 
 
-def saved_emulator(path, wave, name="payne", arch=None):
+ARCHS = {"payne": {"widths": [8]}, "transformer_payne": {"d": 8, "tokens": 2, "blocks": 1, "heads": 2,
+                                                         "line_fwhm": 2.0}}
+
+
+def saved_emulator(path, wave, name="payne", mode="scratch", n_train=10):
     """A small untrained emulator saved as training saves one (load_emulator reads it)."""
     from specfm.emulator.models import Emulator, n_params
     from specfm.train import save_final
 
-    arch = arch or {"widths": [8]}
+    torch.manual_seed(n_train)
     lo, hi, log_mask = [4000.0, 1.0], [6000.0, 5.0], [False, False]
-    emu = Emulator(name, arch, wave, np.ones(len(wave)), lo, hi, log_mask)
-    save_final(emu, path, metadata={"model": name, "arch": arch, "wavelength": list(map(float, wave)),
+    emu = Emulator(name, ARCHS[name], wave, np.ones(len(wave)), lo, hi, log_mask)
+    history = [{"step": s, "val_loss": 0.1, "mse": 0.1, "mae": 0.2, "maqe_0.95": 0.5} for s in (10, 20)]
+    summary = {"model": name, "mode": mode, "n_train": n_train, "n_params": n_params(emu), "steps": 20,
+               "seconds": 1.0, "best_val_mse": 0.1, "history": history}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_final(emu, path, metadata={"model": name, "arch": ARCHS[name], "wavelength": list(map(float, wave)),
                                     "label_names": ["teff", "logg"], "lo": lo, "hi": hi,
-                                    "log_mask": log_mask, "summary": {"n_params": n_params(emu)}})
+                                    "log_mask": log_mask, "summary": summary})
     return path
 
 
@@ -115,3 +124,38 @@ def test_infer_fits_on_the_granted_device_in_batches(tmp_path, monkeypatch):
     summary = infer(grid, model, tmp_path / "fit.parquet", settings=settings, seed=0, gpu=1, threads=1)
     assert calls == [1] and summary["device"].startswith("cpu (")
     assert batches == [4, 4, 1]  # 3 stars x 3 restarts, 4 fits at a time
+
+
+def test_evaluate_scores_every_run_draws_every_figure_and_writes_the_headline(tmp_path, monkeypatch):
+    from test_emulator_models import toy_grid
+
+    from specfm.emulator.grid import read
+    from specfm.emulator.steps import EMU_FIGURES, evaluate, infer
+
+    monkeypatch.setenv("SPECFM_CHECKPOINT_DIR", str(tmp_path / "ck"))
+    grid = toy_grid(tmp_path, n=120)
+    wave, m = read(grid).wavelength, tmp_path / "models"
+    models = [saved_emulator(m / "payne/scratch_n10_s0.pt", wave, "payne", n_train=10),
+              saved_emulator(m / "payne/scratch_n20_s0.pt", wave, "payne", n_train=20),
+              saved_emulator(m / "transformer_payne/scratch_n10_s0.pt", wave, "transformer_payne", n_train=10),
+              saved_emulator(m / "transformer_payne/scratch_n20_s0.pt", wave, "transformer_payne", n_train=20),
+              saved_emulator(m / "transformer_payne/finetune_n10_s0.pt", wave, "transformer_payne",
+                             mode="finetune", n_train=10)]
+    table = tmp_path / "inference/transformer_payne_n20_s0.parquet"
+    table.parent.mkdir()
+    infer(grid, models[3], table, settings={"n_stars": 2, "restarts": 2, "steps": 2, "lr": 0.01, "clip": 1.0,
+                                            "warmup": 0.1, "batch": 8, "domain": None}, seed=0, threads=1)
+    figs = {name: tmp_path / f"figures/{name}.png" for name in EMU_FIGURES}
+    figs["vs_size"].parent.mkdir()
+    metrics = evaluate(grid, [str(p) for p in models], [str(table)], tmp_path / "metrics.json", figs,
+                       tmp_path / "summary.csv", headline_model="transformer_payne", sizes=[10, 20],
+                       finetune_sizes=[10], targets={"teff": 100}, threads=1)
+    assert [(r["model"], r["mode"], r["n_train"]) for r in metrics["runs"]][-1] == ("transformer_payne", "finetune", 10)
+    assert [(r["model"], r["n_train"]) for r in metrics["finetune_vs_scratch"]] == [("transformer_payne", 10)]
+    assert set(metrics["inference"]) == {"transformer_payne"}
+    rows = {r["metric"]: r for r in metrics["headline"]}
+    assert rows["transformer_payne test mae (n=20)"]["reference"] == "payne at the same size"  # the largest
+    assert "transformer_payne fine-tuned test mae (n=10)" in rows
+    assert all(p.stat().st_size > 1000 for p in figs.values())
+    assert json.loads((tmp_path / "metrics.json").read_text())["headline"] == metrics["headline"]
+    assert set(pd.read_csv(tmp_path / "summary.csv")["label"]) == {"teff", "logg"}

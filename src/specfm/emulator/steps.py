@@ -158,25 +158,17 @@ def _test_predictions(grid, model_path):
     return pred, meta
 
 
-def evaluate(grid_path, models: list[str], inference: list[str], metrics_out, figure_paths: dict,
-             summary_csv, *, headline_model: str, sizes, finetune_sizes, targets: dict,
-             threads=None, code_files=()) -> dict:
-    """Held-out scores of every trained emulator, the figures, and metrics.json with a headline."""
-    import pandas as pd
-    import torch
-
-    from . import figures
+def score_runs(grid, models: list[str]) -> tuple[dict, list[dict], dict]:
+    """(mean-spectrum scores, one record per trained run, the largest scratch run per model with
+    its test predictions): every score of the stage comes from the same held-out split."""
     from .scores import scores
 
-    if threads:
-        torch.set_num_threads(threads)
-    grid = read(grid_path)
     test, train_rows = grid.rows("test"), grid.rows("train")
     err = grid.flux_error[test] if grid.flux_error is not None else None
     mask = grid.pixel_mask[test] if grid.pixel_mask is not None else None
     mean_scores = scores(np.broadcast_to(grid.flux[train_rows].mean(0), grid.flux[test].shape),
                          grid.flux[test], err, mask)
-    runs, residuals, preds, largest = [], {}, {}, {}
+    runs, largest = [], {}
     for path in models:
         m = _RUN.search(Path(path).as_posix())
         pred, meta = _test_predictions(grid, path)
@@ -188,36 +180,69 @@ def evaluate(grid_path, models: list[str], inference: list[str], metrics_out, fi
                "path": str(path)}
         runs.append(run)
         best = largest.get(run["model"])
-        if run["mode"] == "scratch" and (best is None or run["n_train"] > best["n_train"]):
-            largest[run["model"]] = run
-            residuals[run["model"]], preds[run["model"]] = pred - grid.flux[test], pred
+        if run["mode"] == "scratch" and (best is None or run["n_train"] > best["run"]["n_train"]):
+            largest[run["model"]] = {"run": run, "pred": pred}
         log.info("%s: test %s", path, run["test"])
+    return mean_scores, runs, largest
+
+
+def draw_figures(grid, runs: list[dict], largest: dict, mean_scores: dict, ft: list[dict],
+                 figure_paths: dict) -> float:
+    """The Figs 1, 4-8 analogues from the scored runs -> the median residual correlation."""
+    from . import figures
+
+    test = grid.rows("test")
+    preds = {k: v["pred"] for k, v in largest.items()}
+    residuals = {k: p - grid.flux[test] for k, p in preds.items()}
     figures.vs_size(runs, mean_scores, figure_paths["vs_size"])
-    figures.vs_steps(list(largest.values()), figure_paths["vs_steps"])
+    figures.vs_steps([v["run"] for v in largest.values()], figure_paths["vs_steps"])
     figures.residual_bands(grid.wavelength, residuals, figure_paths["residuals"])
     star = 0
     figures.example_spectrum(grid.wavelength, grid.flux[test[star]],
                              {k: v[star] for k, v in preds.items()}, str(grid.ids[test[star]]),
                              figure_paths["example"])
     corr = figures.correlation(grid.wavelength, residuals, figure_paths["correlation"])
-    ft = finetune_rows(runs)
     figures.finetune(ft, figure_paths["finetune"])
-    inf = {}
-    tables = {}
+    return corr
+
+
+def collect_inference(grid, inference: list[str], figure_path, summary_csv) -> dict:
+    """The per-model inference summaries (from each table's provenance record), their figure and
+    the summary CSV -> {model: summary}."""
+    import pandas as pd
+
+    from . import figures
+
+    inf, tables = {}, {}
     for path in inference:
-        t = pd.read_parquet(path)
         name = re.sub(r"_n\w+_s\d+\.parquet$", "", Path(path).name)
-        tables[name] = t
-        rec = json.loads(Path(str(path) + ".prov.json").read_text())["params"]["summary"]
-        inf[name] = rec
-    figures.inference(tables, grid.label_names, figure_paths["inference"])
+        tables[name] = pd.read_parquet(path)
+        inf[name] = json.loads(Path(str(path) + ".prov.json").read_text())["params"]["summary"]
+    figures.inference(tables, grid.label_names, figure_path)
     write_summary_csv(inf, summary_csv)
+    return inf
+
+
+def evaluate(grid_path, models: list[str], inference: list[str], metrics_out, figure_paths: dict,
+             summary_csv, *, headline_model: str, sizes, finetune_sizes, targets: dict,
+             threads=None, code_files=()) -> dict:
+    """Held-out scores of every trained emulator, the figures, and metrics.json with a headline."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    grid = read(grid_path)
+    mean_scores, runs, largest = score_runs(grid, models)
+    ft = finetune_rows(runs)
+    corr = draw_figures(grid, runs, largest, mean_scores, ft, figure_paths)
+    inf = collect_inference(grid, inference, figure_paths["inference"], summary_csv)
+    largest_runs = {k: v["run"] for k, v in largest.items()}
     metrics = {"grid": {**grid.attrs["counts"], "n_wave": int(len(grid.wavelength)),
                         "window": grid.attrs.get("window"), "kind": grid.attrs.get("kind"),
                         "flux_error_kind": grid.attrs.get("flux_error_kind")},
                "mean_spectrum": mean_scores, "runs": runs, "finetune_vs_scratch": ft,
                "residual_correlation_median": corr, "inference": inf,
-               "headline": headline(largest, ft, inf, mean_scores, headline_model, targets)}
+               "headline": headline(largest_runs, ft, inf, mean_scores, headline_model, targets)}
     write_json_atomic(metrics_out, metrics)
     for product in (metrics_out, summary_csv, *figure_paths.values()):
         provenance.write(product, inputs={"grid": grid_path, **_named("model", models),
