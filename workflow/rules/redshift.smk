@@ -159,7 +159,7 @@ rule redshift_pretrain:
     log:
         "logs/redshift/{sample}_pretrain.log",
     benchmark:
-        "results/bench/rules/redshift_pretrain_{sample}.tsv"
+        rule_bench("redshift_pretrain_{sample}"),
     params:
         arch=RZ["model"],
         train=RZ["pretrain"],
@@ -183,7 +183,7 @@ rule redshift_train_fold:
     log:
         "logs/redshift/{sample}_fold{fold}.log",
     benchmark:
-        "results/bench/rules/redshift_train_fold_{sample}_{fold}.tsv"
+        rule_bench("redshift_train_fold_{sample}_{fold}"),
     params:
         folds=RZ["folds"],
         head=redshift_head(),
@@ -208,7 +208,7 @@ rule redshift_ablation:
     log:
         "logs/redshift/{sample}_fold0_{pooling}.log",
     benchmark:
-        "results/bench/rules/redshift_ablation_{sample}_{pooling}.tsv"
+        rule_bench("redshift_ablation_{sample}_{pooling}"),
     wildcard_constraints:
         pooling="flatten|mean",
     params:
@@ -239,7 +239,7 @@ rule redshift_predict:
     log:
         "logs/redshift/{sample}_predict.log",
     benchmark:
-        "results/bench/rules/redshift_predict_{sample}.tsv"
+        rule_bench("redshift_predict_{sample}"),
     threads: RZ["train"]["threads"]
     resources:
         gpu=train_resources("redshift", "gpu"),
@@ -281,7 +281,7 @@ rule redshift_hybrid:
     log:
         "logs/redshift/{sample}_hybrid.log",
     benchmark:
-        "results/bench/rules/redshift_hybrid_{sample}.tsv"
+        rule_bench("redshift_hybrid_{sample}"),
     params:
         redrock=RZ["redrock"],
         hybrid=RZ["hybrid"],
@@ -303,6 +303,8 @@ rule redshift_catalogue:
         with_prov("results/redshift/{sample}_redshifts.parquet"),
     log:
         "logs/redshift/{sample}_catalogue.log",
+    benchmark:
+        rule_bench("redshift_catalogue_{sample}"),
     resources:
         mem_mb=2000,
         runtime=10,
@@ -331,7 +333,7 @@ rule redshift_metrics:
     log:
         "logs/redshift/{sample}_metrics.log",
     benchmark:
-        "results/bench/rules/redshift_metrics_{sample}.tsv"
+        rule_bench("redshift_metrics_{sample}"),
     params:
         trained_on=redshift_trained_sample,
         seed=derived_seed("redshift_metrics"),
@@ -351,7 +353,7 @@ rule redshift_bench:
     log:
         "logs/redshift/bench.log",
     benchmark:
-        "results/bench/rules/redshift_bench.tsv"
+        rule_bench("redshift_bench"),
     params:
         n=RZ["bench"]["n"],
         redrock=RZ["redrock"],
@@ -403,6 +405,8 @@ checkpoint redshift_select:
         pixels="results/interim/redshift/{sample}_pixels.json",
     log:
         "logs/redshift/{sample}_select.log",
+    benchmark:
+        rule_bench("redshift_select_{sample}"),
     params:
         cuts=redshift_cuts,
         max_targets=redshift_max_targets,
@@ -420,6 +424,8 @@ rule redshift_fetch_pixel:
         "resources/redshift/{sample}/{survey}/{program}/{healpix}/{kind}-{survey}-{program}-{healpix}.fits",
     log:
         "logs/redshift/fetch/{sample}_{survey}_{program}_{healpix}_{kind}.log",
+    benchmark:
+        rule_bench("redshift_fetch_pixel_{sample}_{survey}_{program}_{healpix}_{kind}"),
     wildcard_constraints:
         kind="coadd|redrock",
         healpix=r"\d+",

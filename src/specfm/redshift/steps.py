@@ -460,8 +460,9 @@ def _ablation(spectra, fold0, variants: list, rows):
 def metrics(catalogue_path, spectra, autoencoder, latents, folds, timings: dict, out, figures: dict, *,
             ablation=(), seed=0, trained_on=None, code_files=()):
     """Scores of SpecPT, Redrock and the hybrid against the truth (or the catalogue), figures, headline."""
-    from . import figures as F
-    from .training import load_autoencoder, run_model
+    from specfm.train import load_final
+
+    from .training import load_autoencoder
 
     df = pd.read_parquet(catalogue_path)
     meta = read_meta(spectra)
@@ -481,8 +482,7 @@ def metrics(catalogue_path, spectra, autoencoder, latents, folds, timings: dict,
                        "note": "from the rules' own timings (separate jobs; see results/bench/redshift_speed.json "
                                "for one process on the same spectra)"}
     result["training"] = {"autoencoder": load_autoencoder(autoencoder)[1]["summary"],
-                          "folds": [__import__("specfm.train", fromlist=["load_final"]).load_final(f)[1]["summary"]
-                                    for f in folds]}
+                          "folds": [load_final(f)[1]["summary"] for f in folds]}
     if ablation:
         result["ablation"] = {"choice": "pooling of the head's tokens before the output layer (zmodel docstring)",
                               "fold": 0, "test": _ablation(spectra, folds[0], list(ablation),
