@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from fakes import copy_workflow
+from specfm.emulator.steps import EMU_FIGURES
 
 BIN = os.path.dirname(sys.executable)
 TARGETS = ["results/emulator/metrics.json", "results/bench/emulator_speed.json"]
@@ -48,5 +49,5 @@ def test_tiny_emulator_chain_on_real_miles_stars(tmp_path):
     assert set(summary["label"]) == {"teff", "logg", "feh"} and (summary["seconds_per_star"] > 0).all()
     speed = json.loads((wf / TARGETS[1]).read_text())["models"]
     assert all(v["spectra_per_second"] > 0 and v["n_wave"] == 1111 for v in speed.values())
-    for name in ("vs_size", "vs_steps", "residuals", "example", "correlation", "finetune", "inference"):
+    for name in EMU_FIGURES:
         assert (wf / f"results/emulator/figures/{name}.png").stat().st_size > 10_000, name

@@ -4,8 +4,9 @@
 # -> pretraining on a restricted domain + fine-tuning -> held-out scores, figures, parameter
 # inference of held-out stars, throughput.
 
+from specfm.emulator.steps import EMU_FIGURES  # one list for rules, script and tests
+
 EMU = config["emulator"]
-EMU_FIGURES = ("vs_size", "vs_steps", "residuals", "example", "correlation", "finetune", "inference")
 
 
 wildcard_constraints:
