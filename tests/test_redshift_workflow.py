@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from fakes import copy_workflow
+from specfm.redshift.products import FIGURES
 
 BIN = os.path.dirname(sys.executable)
 METRICS = "results/redshift/mockdesi_metrics.json"
@@ -47,7 +48,7 @@ def test_tiny_redshift_chain(tmp_path):
     assert m["speed"]["redrock_over_specpt"] > 1
     speed = json.loads((wf / "results/bench/redshift_speed.json").read_text())
     assert speed["n"] == 4 and speed["seconds_per_spectrum"]["redrock"] > speed["seconds_per_spectrum"]["specpt"]
-    for name in ("reconstructions", "z_vs_true", "residual_hist", "residual_zbins", "umap"):
+    for name in FIGURES:
         assert (wf / f"results/redshift/figures/mockdesi_{name}.png").stat().st_size > 10_000, name
     log = (wf / "logs/redshift/mockdesi_spectra.log").read_text()
     assert "pixels bluer than the SSPs' rest coverage" in log

@@ -5,8 +5,9 @@
 #   hybrid (SpecPT-narrowed) on the test split -> catalogue -> metrics + figures; speed benchmark.
 # A sample with `model: OTHER` (e.g. the real DESI fixtures) is predicted by OTHER's models.
 
+from specfm.redshift.products import FIGURES as RZ_FIGURES
+
 RZ = config["redshift"]
-RZ_FIGURES = ("reconstructions", "z_vs_true", "residual_hist", "residual_zbins", "umap")
 RZ_TEMPLATES = "results/interim/redshift/rr_templates.fits"
 RZ_SPEED = "results/bench/redshift_speed.json"
 

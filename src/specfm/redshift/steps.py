@@ -24,7 +24,6 @@ DATA_CODE = ["specfm.redshift.grid", "specfm.redshift.spectra", "specfm.redshift
              "specfm.redshift.steps", "specfm.galaxies.templates", "specfm.fetch.sources", "specfm.io"]
 MODEL_CODE = ["specfm.train", "specfm.redshift.autoencoder", "specfm.redshift.zmodel", "specfm.redshift.training",
               "specfm.redshift.spectra", "specfm.redshift.grid", "specfm.redshift.steps"]
-RZ_FIGURES = ("reconstructions", "z_vs_true", "residual_hist", "residual_zbins", "umap")
 RR_CODE = ["specfm.redshift.rrfit", "specfm.redshift.rrtemplates", "specfm.redshift.mock", "specfm.redshift.steps"]
 
 
