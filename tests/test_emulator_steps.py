@@ -53,7 +53,9 @@ def test_headline_says_which_claim_was_met_and_by_how_much():
     feh = rows["transformer_payne inference feh scatter (4 held-out stars)"]
     assert feh["target"] == 0.15 and feh["met"] is None and feh["ratio"] is None  # nothing measured
     assert not any("payne inference" in m and not m.startswith("transformer") for m in rows)
-    assert "met" not in rows["transformer_payne chi2 per pixel against the flux errors"]  # no target
+    assert "met" not in rows["transformer_payne chi2 per pixel against the grid's flux errors"]  # no target
+    der_snr = headline(*fake_inputs(), "transformer_payne", {}, "der_snr")
+    assert any(r["metric"].endswith("against the DER_SNR noise estimates (one per star)") for r in der_snr)
 
 
 def test_the_report_reads_the_headline(tmp_path):
