@@ -13,17 +13,11 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from specfm.galaxies.cube import (
-    Cube,
-    preprocess,
-    read_bins,
-    read_cube,
-    rebin_matrix,
-    write_bins,
-    write_cube,
-)
+from specfm.galaxies.cube import preprocess, read_bins, write_bins
+from specfm.galaxies.cube_io import Cube, read_cube, write_cube
 from specfm.galaxies.maps import UNITS, read_maps, write_maps
 from specfm.galaxies.mock_cube import make_mock_cube, read_truth, truth_per_bin
+from specfm.galaxies.preprocessing import rebin_matrix
 from specfm.galaxies.spectra import paper_wavelength_grid, resample
 
 from fakes import FAKE_AGES, FAKE_MH, fake_name, gaussian, write_fake_ssp

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from specfm.galaxies.cube import check_linear_keywords, cube_header, preprocess_file, read_cube
+from specfm.galaxies.cube import preprocess_file
+from specfm.galaxies.cube_io import check_linear_keywords, cube_header, read_cube
 from test_galaxies_cube import Z, celestial, synthetic_cube
 
 

@@ -10,15 +10,9 @@ import pytest
 from astropy.io import fits
 
 from specfm.galaxies.bench_memory import write_synthetic_cube
-from specfm.galaxies.cube import (
-    SNR_WINDOW,
-    preprocess,
-    preprocess_file,
-    read_cube,
-    strip_rows,
-    write_bins,
-    write_cube,
-)
+from specfm.galaxies.cube import preprocess, preprocess_file, write_bins
+from specfm.galaxies.cube_io import read_cube, strip_rows, write_cube
+from specfm.galaxies.preprocessing import SNR_WINDOW
 from specfm.galaxies.spectra import resample
 from test_galaxies_cube import CUBE_LOG, Z, celestial, mock, synthetic_cube, write_synthetic  # noqa: F401
 

@@ -39,7 +39,7 @@ def write_synthetic_cube(path: Path, ny: int, nx: int, *, seed: int = 0) -> int:
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from .cube import VAR_UNIT_PHANGS, cube_header
+    from .cube_io import VAR_UNIT_PHANGS, cube_header
 
     rng = np.random.default_rng(seed)
     w = WCS(naxis=2)
@@ -75,14 +75,14 @@ def write_synthetic_cube(path: Path, ny: int, nx: int, *, seed: int = 0) -> int:
 
 _CHILD = """
 import json, resource, sys, time
-from specfm.galaxies import cube as c
+from specfm.galaxies import cube as c, cube_io
 path, mode, z, snr, mb = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 if mode == "stream":
     bins = c.preprocess_file(path, z, target_snr=snr, min_snr=1.0, max_chunk_mb=mb)
 else:
-    bins = c.preprocess(c.read_cube(path, redshift=z), z, target_snr=snr, min_snr=1.0)
+    bins = c.preprocess(cube_io.read_cube(path, redshift=z), z, target_snr=snr, min_snr=1.0)
 print(json.dumps({"seconds": time.perf_counter() - t, "n_bins": bins.n_bins,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "rss_after_imports_mb": base / 1024}))

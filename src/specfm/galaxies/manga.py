@@ -33,7 +33,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from specfm.io import atomic_path
 
-from .cube import check_linear_keywords, plane_range
+from .cube_io import check_linear_keywords, plane_range
 from .preprocessing import mask_bad, vacuum_to_air
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class _Section:
 
 
 class MangaSource:
-    """Row strips of a MaNGA LOGCUBE for `cube._preprocess` (the interface of `cube._FileSource`)."""
+    """Row strips of a MaNGA LOGCUBE for `cube._preprocess` (the interface of `cube_io.FileSource`)."""
 
     def __init__(self, path: str | Path, *, redshift: float, wave_out=None, margin_pix: int = 8, bits=MASK_BITS):
         self.name = name = str(path)

@@ -70,7 +70,7 @@ from scipy.special import erf, ndtr
 
 from specfm.io import atomic_path
 
-from .cube import FLUX_UNIT_PHANGS, write_cube
+from .cube_io import FLUX_UNIT_PHANGS, write_cube
 from .maps import header_meta, image_hdu, meta_cards, primary_hdu, quiet_wcs
 from .spectra import (
     FWHM_TO_SIGMA,
@@ -295,7 +295,7 @@ def make_mock_cube(
     params: MockParams | None = None,
     **overrides,
 ) -> Truth:
-    """Build the mock cube (PHANGS-MUSE DR1 layout, see ``cube.write_cube``) and its truth file.
+    """Build the mock cube (PHANGS-MUSE DR1 layout, see ``cube_io.write_cube``) and its truth file.
 
     ``ssps``: E-MILES SSP files (any complete grid ``read_ssp_grid`` accepts) or an ``SSPGrid`` on a
     uniform wavelength grid covering the rest-frame range of the cube. ``shape`` = (ny, nx).

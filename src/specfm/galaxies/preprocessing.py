@@ -22,6 +22,33 @@ import scipy.sparse as sp
 
 from .spectra import PAPER_MASK_REGIONS, bin_edges, emission_mask, paper_wavelength_grid
 
+SNR_WINDOW = (5300.0, 5500.0)  # A rest: no strong emission or sky line for z < 0.01 (5577 sky -> 5533 A)
+
+
+@dataclass(frozen=True)
+class BinSettings:
+    """Every knob of the preprocessing, its default written here once.
+
+    The cube entry points (`cube.preprocess`, `cube.preprocess_file`) and a user's spectra
+    (`single.prepare`) all read one of these, so their defaults cannot drift apart; each takes the
+    fields as keyword overrides too. ``target_snr`` 35 is the PHANGS-MUSE binning target (GalProTE
+    Sect. 3.2, after Pessa et al. 2023), S/N per output pixel in ``snr_window``; ``wave_out`` None
+    means the paper grid. ``chunk`` (spaxels per rebinning product) and ``max_chunk_mb`` (one strip
+    of a cube file) bound memory only: they never change the result.
+    """
+
+    target_snr: float = 35.0
+    min_snr: float = 3.0
+    snr_window: tuple[float, float] = SNR_WINDOW
+    wave_out: np.ndarray | None = None
+    max_bad_frac: float = 0.2
+    line_filter: bool = True
+    median_width: int = 25  # px of the running median
+    line_pad: int = 3  # px added to each side of the Table 2 regions
+    clip_sigma: float = 4.0
+    chunk: int = 4096
+    max_chunk_mb: float = 256.0
+
 
 def vacuum_to_air(wave_vac) -> np.ndarray:
     """Air wavelengths [A] of vacuum ones: lambda_air = lambda_vac / n, with the refractive index of
@@ -107,7 +134,8 @@ def fill_masked(f: np.ndarray, v: np.ndarray, x: np.ndarray, cols: np.ndarray) -
         v[bad, c] = np.interp(x[bad], x[good], v[good, c])
 
 
-def filter_bright_lines(spec, noise, wave, *, regions=PAPER_MASK_REGIONS, width=25, pad=3, clip_sigma=4.0):
+def filter_bright_lines(spec, noise, wave, *, regions=PAPER_MASK_REGIONS, width=BinSettings.median_width,
+                        pad=BinSettings.line_pad, clip_sigma=BinSettings.clip_sigma):
     """Replace bright-line pixels by a running median (see the module doc, step 4).
 
     ``spec``, ``noise`` [n, n_pix]. Returns (filtered copy, bool [n, n_pix] of replaced pixels).
@@ -167,14 +195,13 @@ class Finished:
     norm: np.ndarray  # [n] median of ``full`` over the kept pixels
 
 
-def finish(full, full_var, wave_out, *, line_filter: bool = True, median_width: int = 25, line_pad: int = 3,
-           clip_sigma: float = 4.0) -> Finished:
+def finish(full, full_var, wave_out, settings: BinSettings = BinSettings()) -> Finished:
     """Rest-frame spectra [n, n_out] + variance -> bright lines filtered, Table 2 mask, median norm."""
     noise = np.sqrt(full_var)
     mask = emission_mask(wave_out)
-    if line_filter:
-        full, hit = filter_bright_lines(full, noise, wave_out, width=median_width, pad=line_pad,
-                                        clip_sigma=clip_sigma)
+    if settings.line_filter:
+        full, hit = filter_bright_lines(full, noise, wave_out, width=settings.median_width, pad=settings.line_pad,
+                                        clip_sigma=settings.clip_sigma)
     else:
         hit = np.zeros(np.shape(full), bool)
     norm = np.median(full[:, mask], axis=1)
@@ -187,5 +214,5 @@ def snr_in_window(full, full_var, wave_out, window) -> np.ndarray:
     return full[:, win].mean(axis=1) / np.sqrt(full_var[:, win].mean(axis=1))
 
 
-__all__ = ["Finished", "RestFrame", "check_coverage", "fill_masked", "filter_bright_lines", "finish", "mask_bad",
-           "rebin_matrix", "rest_edges", "snr_in_window", "vacuum_to_air"]
+__all__ = ["BinSettings", "Finished", "RestFrame", "SNR_WINDOW", "check_coverage", "fill_masked", "filter_bright_lines",
+           "finish", "mask_bad", "rebin_matrix", "rest_edges", "snr_in_window", "vacuum_to_air"]

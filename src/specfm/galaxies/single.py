@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
-from .cube import SNR_WINDOW, Bins, check_linear_keywords
-from .preprocessing import RestFrame, check_coverage, finish, mask_bad, snr_in_window, vacuum_to_air
+from .cube import Bins
+from .cube_io import check_linear_keywords
+from .preprocessing import BinSettings, RestFrame, check_coverage, finish, mask_bad, snr_in_window, vacuum_to_air
+from .spectra import paper_wavelength_grid
 
 log = logging.getLogger(__name__)
 
@@ -232,11 +234,13 @@ def file_redshifts(path: str | Path, n: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------ preprocessing
 
 
-def prepare(spectra: list[Spectrum], redshifts, *, wave_out, max_bad_frac: float = 0.2,
-            snr_window=SNR_WINDOW, line_filter: bool = True, median_width: int = 25, line_pad: int = 3,
-            clip_sigma: float = 4.0) -> Bins:
-    """Spectra + their redshifts -> `Bins` (one bin per spectrum), the cube bins' preprocessing."""
-    wave_out = np.asarray(wave_out, dtype=float)
+def prepare(spectra: list[Spectrum], redshifts, settings: BinSettings | None = None, **overrides) -> Bins:
+    """Spectra + their redshifts -> `Bins` (one bin per spectrum), the cube bins' preprocessing.
+
+    The cube's `BinSettings` too (``overrides``: its fields by keyword, ``wave_out`` the templates'
+    grid), so that a spectrum and a cube bin are prepared alike; the binning fields do not apply."""
+    cfg = replace(settings or BinSettings(), **overrides)
+    wave_out = paper_wavelength_grid() if cfg.wave_out is None else np.asarray(cfg.wave_out, dtype=float)
     z = np.broadcast_to(np.asarray(redshifts, dtype=float), (len(spectra),))
     if not spectra:
         raise ValueError("no spectra given")
@@ -252,13 +256,12 @@ def prepare(spectra: list[Spectrum], redshifts, *, wave_out, max_bad_frac: float
         if nbad[0] == rf.used.size:
             raise ValueError(f"{s.name}: the flux or its error is NaN, infinite or masked at every pixel of "
                              f"the template window ({wave_out[0]:.0f}-{wave_out[-1]:.0f} A rest at z = {zi:g})")
-        if nbad[0] > max_bad_frac * rf.used.size:
+        if nbad[0] > cfg.max_bad_frac * rf.used.size:
             raise ValueError(f"{s.name}: {nbad[0]} of {rf.used.size} pixels in the template window are masked "
-                             f"(more than max_bad_frac = {max_bad_frac:g})")
+                             f"(more than max_bad_frac = {cfg.max_bad_frac:g})")
         spec, var = rf.rebin(s.flux[:, None], s.var[:, None], [0], nbad)
         full[i], full_var[i], n_filled[i] = spec[0], var[0], nbad[0]
-    done = finish(full, full_var, wave_out, line_filter=line_filter, median_width=median_width,
-                  line_pad=line_pad, clip_sigma=clip_sigma)
+    done = finish(full, full_var, wave_out, cfg)
     bad_norm = [s.name for s, n in zip(spectra, done.norm) if not (np.isfinite(n) and n > 0)]
     if bad_norm:
         raise ValueError(f"{', '.join(bad_norm)}: median flux over the kept pixels is <= 0: cannot normalise")
@@ -266,15 +269,15 @@ def prepare(spectra: list[Spectrum], redshifts, *, wave_out, max_bad_frac: float
     meta = {
         "format": "specfm.galaxies.spectra/1", "sources": [s.name for s in spectra],
         "redshifts": [float(v) for v in z], "frames": [s.frame for s in spectra],
-        "max_bad_frac": float(max_bad_frac), "snr_window": [float(v) for v in snr_window],
-        "line_filter": {"enabled": bool(line_filter), "median_width_px": int(median_width),
-                        "pad_px": int(line_pad), "clip_sigma": float(clip_sigma)},
+        "max_bad_frac": float(cfg.max_bad_frac), "snr_window": [float(v) for v in cfg.snr_window],
+        "line_filter": {"enabled": bool(cfg.line_filter), "median_width_px": int(cfg.median_width),
+                        "pad_px": int(cfg.line_pad), "clip_sigma": float(cfg.clip_sigma)},
         "counts": {"n_pixels_interpolated": [int(v) for v in n_filled]},
     }
     return Bins(wave=wave_out, mask=done.mask, spectra_full=done.full.astype(np.float32),
                 noise_full=done.noise.astype(np.float32),
                 spectra=(done.full[:, done.mask] / done.norm[:, None]).astype(np.float32),
-                norm=done.norm.astype(np.float64), snr=snr_in_window(full, full_var, wave_out, snr_window),
+                norm=done.norm.astype(np.float64), snr=snr_in_window(full, full_var, wave_out, cfg.snr_window),
                 bin_id=np.arange(n, dtype=np.int32)[None, :], xbar=np.arange(n, dtype=float), ybar=np.zeros(n),
                 n_spaxels=np.ones(n, np.int32), n_filtered=done.hit.sum(axis=1).astype(np.int32), wcs_header="",
                 meta=meta)

@@ -55,7 +55,7 @@ def mock_cube(manifest: str | Path, out_cube: str | Path, out_truth: str | Path,
     log.info("wrote mock cube %s and truth %s (%s spaxels, z=%g, seed %d) in %.1f s", out_cube, out_truth,
              "x".join(map(str, shape)), redshift, seed, time.perf_counter() - start)
     params = {"shape": list(shape), "snr_center": snr_center, "redshift": redshift}
-    code = [*CODE, "specfm.galaxies.mock_cube", "specfm.galaxies.cube"]
+    code = [*CODE, "specfm.galaxies.mock_cube", "specfm.galaxies.cube_io"]
     for out in (out_cube, out_truth):
         provenance.write(out, inputs={"manifest": manifest}, params=params, seed=seed, code=code,
                          code_files=code_files, step="galaxies_mock_cube")
@@ -79,7 +79,7 @@ def bin_cube(cube_path: str | Path, out: str | Path, *, redshift: float, target_
     params = {"redshift": redshift, "target_snr": target_snr, "min_snr": min_snr}
     if kind != "phangs":
         params["kind"] = kind
-    code = [*CODE, "specfm.galaxies.cube", "specfm.galaxies.preprocessing"]
+    code = [*CODE, "specfm.galaxies.cube", "specfm.galaxies.cube_io", "specfm.galaxies.preprocessing"]
     if kind == "manga":
         code.append("specfm.galaxies.manga")
     provenance.write(out, inputs={"cube": cube_path}, code=code, code_files=code_files, params=params,
@@ -340,6 +340,7 @@ def predict_spectra(spectra, redshifts, model_path: str | Path, templates_path: 
               "clip_frac": clip_frac, "ppxf_degree": ppxf_degree, "max_bad_frac": max_bad_frac}
     inputs = {"model": model_path, "templates": templates_path, **{f"spectrum_{i}": p for i, p in enumerate(spectra)}}
     provenance.write(out, inputs=inputs, params=params, code=[*MODEL_CODE, "specfm.galaxies.single",
-                     "specfm.galaxies.preprocessing", "specfm.galaxies.cube", "specfm.galaxies.manga",
+                     "specfm.galaxies.preprocessing", "specfm.galaxies.cube", "specfm.galaxies.cube_io",
+                     "specfm.galaxies.manga",
                      "specfm.galaxies.ppxf_fit"], code_files=code_files, step="galaxies_predict_spectra")
     return table
