@@ -132,7 +132,8 @@ def test_evaluate_scores_every_run_draws_every_figure_and_writes_the_headline(tm
     from test_emulator_models import toy_grid
 
     from specfm.emulator.grid import read
-    from specfm.emulator.steps import EMU_FIGURES, evaluate, infer
+    from specfm.emulator.products import FIGURES as EMU_FIGURES
+    from specfm.emulator.steps import evaluate, infer
 
     monkeypatch.setenv("SPECFM_CHECKPOINT_DIR", str(tmp_path / "ck"))
     grid = toy_grid(tmp_path, n=120)

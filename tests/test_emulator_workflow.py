@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from fakes import copy_workflow
-from specfm.emulator.steps import EMU_FIGURES
+from specfm.emulator.products import FIGURES as EMU_FIGURES
 
 BIN = os.path.dirname(sys.executable)
 TARGETS = ["results/emulator/metrics.json", "results/bench/emulator_speed.json"]

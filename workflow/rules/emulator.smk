@@ -4,7 +4,7 @@
 # -> pretraining on a restricted domain + fine-tuning -> held-out scores, figures, parameter
 # inference of held-out stars, throughput.
 
-from specfm.emulator.steps import EMU_FIGURES  # one list for rules, script and tests
+from specfm.emulator.products import FIGURES as EMU_FIGURES  # one list for rules, script and tests
 
 EMU = config["emulator"]
 

@@ -26,9 +26,6 @@ MODEL_CODE = [*GRID_CODE, "specfm.train", "specfm.emulator.models", "specfm.emul
 INFER_CODE = [*MODEL_CODE, "specfm.emulator.inference"]
 EVAL_CODE = [*INFER_CODE, "specfm.emulator.scores", "specfm.emulator.figures"]
 BENCH_CODE = [*MODEL_CODE, "specfm.emulator.bench"]
-# The stage's figures (results/emulator/figures/{name}.png): the rule file, its script and the
-# tests read this one tuple, so a figure added here is made, reported and checked everywhere.
-EMU_FIGURES = ("vs_size", "vs_steps", "residuals", "example", "correlation", "finetune", "inference")
 
 
 def _named(prefix, paths) -> dict:
