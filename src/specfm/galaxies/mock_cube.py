@@ -284,6 +284,33 @@ def _line_profiles(out, wave_edges, centre, sigma, flux, half_width=10.0):
 # ------------------------------------------------------------------------------------------ main
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """The settings of one mock build, shared by its passes: the knobs, the spaxel grid, the systemic
+    redshift and the random streams (one per component, so that a pass draws the same numbers
+    whatever the other passes do)."""
+
+    p: MockParams
+    ny: int
+    nx: int
+    seed: int
+    redshift: float
+    streams: tuple
+
+    @property
+    def zp1(self) -> float:
+        return 1.0 + self.redshift
+
+    @property
+    def n_spax(self) -> int:
+        return self.ny * self.nx
+
+    @property
+    def v_edge(self) -> float:
+        """km/s: the largest shift plus broadening a spectrum gets, which sets the SSP range and padding."""
+        return 1.2 * self.p.vmax_kms + 6 * max(self.p.sigma_center_kms, self.p.sigma_outer_kms, 25.0)
+
+
 def make_mock_cube(
     ssps: Iterable[str | Path] | SSPGrid,
     out_cube: str | Path,
@@ -303,65 +330,98 @@ def make_mock_cube(
     residuals inside Table 2's two sky regions after de-redshifting). Other knobs: ``MockParams``
     fields as keyword arguments. Returns the truth (also written to ``out_truth``).
     """
-    p = replace(params or MockParams(), **overrides)
     ny, nx = (int(s) for s in shape)
-    n_spax = ny * nx
-    zp1 = 1.0 + redshift
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(10)]
+    m = _Setup(p=replace(params or MockParams(), **overrides), ny=ny, nx=nx, seed=seed, redshift=redshift,
+               streams=tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(10)))
+    raw = _ssp_range(ssps, m)
+    ssp_lsf = _lsf_matched(raw, m.zp1)
+    f = _fields((ny, nx), m.p, m.streams)
+    mass, weights = _populations(raw, f, m.p)
+    rest, sb = _rest_spectra(raw.wave, mass, ssp_lsf, f, m.p)
+    paper = paper_wavelength_grid()
+    on_paper = resample(raw.wave, rest, paper)
+    wave_log, spec_log = _kinematics(raw.wave, rest, f, m.v_edge)
+    n_obs = int(round((m.p.wave_end - m.p.wave_start) / m.p.wave_step)) + 1
+    wave_obs = m.p.wave_start + m.p.wave_step * np.arange(n_obs)
+    model = resample(wave_log * m.zp1, spec_log, wave_obs) / m.zp1  # [n, n_obs], f_obs = f_rest / (1+z)
+    stellar_only = model.copy()
+    if m.p.emission:
+        _add_emission_lines(model, wave_obs, on_paper[:, (paper > 6480) & (paper < 6540)], f, m)
+    var, sky = _variance(model, wave_obs, sb, m)
+    if m.p.sky_residuals:
+        _add_sky_residuals(model, wave_obs, sky, m)
+    data, stat = _noisy_planes(model, var, m)
+    win_o = (wave_obs >= NORM_WINDOW[0] * m.zp1) & (wave_obs <= NORM_WINDOW[1] * m.zp1)
+    snr_map = (stellar_only[:, win_o].mean(axis=1) / np.sqrt(var[:, win_o].mean(axis=1))).reshape(ny, nx)
+    cel, meta = _celestial_header(m), {"mock": {"seed": int(seed), "redshift": float(redshift), "ny": ny, "nx": nx,
+                                                **asdict(m.p)}, "ssp family": raw.family}
+    _write_mock_cube(out_cube, data, stat, cel, meta, m.p)
+    t_light = np.median(on_paper[:, emission_mask(paper)], axis=1)
+    truth = _truth(raw, mass, weights, f, t_light, snr_map, cel, meta, m)
+    write_truth(truth, out_truth)
+    log.info("mock: %d x %d spaxels x %d planes; LOGAGE %.2f-%.2f, MH %+.2f..%+.2f, AV %.2f-%.2f, "
+             "|VEL| <= %.0f km/s, central S/N %.1f per pixel", ny, nx, n_obs, truth.maps["LOGAGE"].min(),
+             truth.maps["LOGAGE"].max(), truth.maps["MH"].min(), truth.maps["MH"].max(), f["av"].min(),
+             f["av"].max(), np.abs(f["vel"]).max(), snr_map.max())
+    return truth
 
-    # --- SSPs on their native grid, over the rest-frame range the observed cube needs
-    v_edge = 1.2 * p.vmax_kms + 6 * max(p.sigma_center_kms, p.sigma_outer_kms, 25.0)
+
+def _ssp_range(ssps, m: _Setup) -> SSPGrid:
+    """The SSPs on their native grid, cut to the rest-frame range the observed cube needs (with the
+    largest velocity shift and broadening, plus a margin), so that no later pass runs off an edge."""
+    p, zp1, v_edge = m.p, m.zp1, m.v_edge
     lo_r = p.wave_start / (zp1 * (1 + v_edge / C_KMS)) - 40.0
     hi_r = p.wave_end / (zp1 * (1 - v_edge / C_KMS)) + 40.0
-    if isinstance(ssps, SSPGrid):
-        raw = ssps
-        if raw.wave[0] > lo_r or raw.wave[-1] < hi_r:
-            raise ValueError(
-                f"SSP grid covers {raw.wave[0]:.0f}-{raw.wave[-1]:.0f} A; the mock needs {lo_r:.0f}-{hi_r:.0f} A"
-            )
-        sel = (raw.wave >= lo_r) & (raw.wave <= hi_r)
-        raw = replace(raw, wave=raw.wave[sel], flux=raw.flux[..., sel])
-    else:
-        raw = read_ssp_grid(ssps, wave_range=(lo_r, hi_r))
-    n_z, n_age = raw.flux.shape[:2]
-    log_age = np.log10(raw.age_gyr * 1e9)
-    wave_r = raw.wave
-    dx_r = float(wave_r[1] - wave_r[0])
-    norm_t = _template_norms(raw)  # [n_Z, n_age]
+    if not isinstance(ssps, SSPGrid):
+        return read_ssp_grid(ssps, wave_range=(lo_r, hi_r))
+    if ssps.wave[0] > lo_r or ssps.wave[-1] < hi_r:
+        raise ValueError(
+            f"SSP grid covers {ssps.wave[0]:.0f}-{ssps.wave[-1]:.0f} A; the mock needs {lo_r:.0f}-{hi_r:.0f} A"
+        )
+    sel = (ssps.wave >= lo_r) & (ssps.wave <= hi_r)
+    return replace(ssps, wave=ssps.wave[sel], flux=ssps.flux[..., sel])
 
-    # LSF target in the rest frame: MUSE at the observed wavelength (the pixel boxes of the later
-    # rebinning steps are not subtracted, as the template pipeline does not subtract its own).
-    target = muse_lsf_fwhm(wave_r * zp1) / zp1
+
+def _lsf_matched(raw: SSPGrid, zp1: float) -> np.ndarray:
+    """The SSPs at MUSE's LSF at the *observed* wavelength, expressed in the rest frame (the pixel
+    boxes of the later rebinning steps are not subtracted, as the template pipeline does not
+    subtract its own)."""
+    target = muse_lsf_fwhm(raw.wave * zp1) / zp1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        ssp_lsf = match_lsf(wave_r, raw.flux, emiles_fwhm, target)
+        ssp_lsf = match_lsf(raw.wave, raw.flux, emiles_fwhm, target)
     if caught:
         log.info("mock: %s", str(caught[0].message).replace("match_lsf: ", "LSF: "))
+    return ssp_lsf
 
-    # --- maps and star-formation histories
-    f = _fields((ny, nx), p, streams)
+
+def _populations(raw: SSPGrid, f: dict, p: MockParams) -> tuple[np.ndarray, np.ndarray]:
+    """Mass fractions [n, n_Z, n_age] from each spaxel's SFH and [M/H], and the light weights the
+    model is scored against (mass times the templates' median norm, so the model's definition)."""
+    log_age = np.log10(raw.age_gyr * 1e9)
     mh_star = f["mh0"].ravel()[:, None] - p.amr_slope * (log_age[None, :] - 9.0)
     mass_age = sfh_mass(raw.age_gyr, p.t_start_gyr, f["tau"].ravel(), f["burst_frac"].ravel(), f["burst_age"].ravel())
     mass = _split_metallicity(mass_age, mh_star, raw.mh)  # [n, n_Z, n_age], sums to 1
-    light = mass * norm_t[None]
-    weights = light / light.sum(axis=(1, 2), keepdims=True)
-    t_logage = np.einsum("nza,a->n", weights, log_age)
-    t_mh = np.einsum("nza,z->n", weights, raw.mh)
-    t_logage_mw = np.einsum("nza,a->n", mass, log_age)
+    light = mass * _template_norms(raw)[None]
+    return mass, light / light.sum(axis=(1, 2), keepdims=True)
 
-    # --- rest-frame stellar spectra (native grid), attenuated, scaled to the disc profile
+
+def _rest_spectra(wave_r, mass, ssp_lsf, f: dict, p: MockParams) -> tuple[np.ndarray, np.ndarray]:
+    """Rest-frame stellar spectra on the SSP grid, attenuated, scaled to the exponential disc (the
+    surface brightness ``sb`` that makes S/N fall outward); returns (spectra [n, n_wave], sb [n])."""
+    n_spax = mass.shape[0]
     a_rel = O94(Rv=3.1)(wave_r * u.AA)
-    av = f["av"].ravel()
-    rest = mass.reshape(n_spax, -1) @ ssp_lsf.reshape(n_z * n_age, -1)
-    rest *= 10.0 ** (-0.4 * av[:, None] * a_rel[None, :])
+    rest = mass.reshape(n_spax, -1) @ ssp_lsf.reshape(mass.shape[1] * mass.shape[2], -1)
+    rest *= 10.0 ** (-0.4 * f["av"].ravel()[:, None] * a_rel[None, :])
     win_r = (wave_r >= NORM_WINDOW[0]) & (wave_r <= NORM_WINDOW[1])
     sb = p.sb_center * np.exp(-f["r"].ravel() / p.disc_scale)
     rest *= (sb / rest[:, win_r].mean(axis=1))[:, None]
-    paper = paper_wavelength_grid()
-    on_paper = resample(wave_r, rest, paper)
-    t_light = np.median(on_paper[:, emission_mask(paper)], axis=1)
+    return rest, sb
 
-    # --- velocity shift and dispersion in ln(lambda), exact in Fourier space
+
+def _kinematics(wave_r, rest, f: dict, v_edge: float) -> tuple[np.ndarray, np.ndarray]:
+    """Velocity shift and dispersion on a ln(lambda) grid, exact in Fourier space (as ppxf does):
+    no interpolation error in the line profiles the model and pPXF are scored on."""
     dln = LOG_STEP_KMS / C_KMS
     e_r = bin_edges(wave_r)
     n_log = int((math.log(e_r[-1]) - math.log(e_r[0])) / dln) - 3
@@ -375,97 +435,119 @@ def make_mock_cube(
     shift = np.log1p(vel / C_KMS) / dln  # pixels
     s_pix = sig / LOG_STEP_KMS
     kernel = np.exp(-2j * np.pi * freq[None, :] * shift[:, None] - 2 * (np.pi * freq[None, :] * s_pix[:, None]) ** 2)
-    spec_log = irfft(rfft(padded, axis=1) * kernel, n=nfft, axis=1)[:, pad : pad + n_log]
+    return wave_log, irfft(rfft(padded, axis=1) * kernel, n=nfft, axis=1)[:, pad : pad + n_log]
 
-    # --- observed grid, flux density f_obs = f_rest / (1+z)
-    n_obs = int(round((p.wave_end - p.wave_start) / p.wave_step)) + 1
-    wave_obs = p.wave_start + p.wave_step * np.arange(n_obs)
-    e_obs = bin_edges(wave_obs)
-    model = resample(wave_log * zp1, spec_log, wave_obs) / zp1  # [n, n_obs]
-    stellar_only = model.copy()
 
-    # --- emission lines (gas: 1.1 x stellar rotation, 25 km/s), in the observed frame
-    ew = f["ew_ha"].ravel()
-    if p.emission:
-        ha_cont = np.median(on_paper[:, (paper > 6480) & (paper < 6540)], axis=1) / zp1
-        f_ha = ew * ha_cont * zp1  # EW in the rest frame -> observed flux
-        r = f["r"].ravel()
-        k = O94(Rv=3.1)(np.array([4861.33, 6562.80]) * u.AA)
-        decrement = 2.86 * 10.0 ** (0.4 * av * (k[0] - k[1]))
-        n2 = 0.45 - 0.2 * np.clip(r, 0, 1)
-        o3 = 0.4 + 1.0 * np.clip(r, 0, 1)
-        s2 = 0.15 + 0.1 * np.clip(r, 0, 1)
-        hb = f_ha / decrement
-        fluxes = {"Hbeta": hb, "[OIII]5007": o3 * hb, "[OIII]4959": o3 * hb / 2.98, "[OI]6300": 0.04 * f_ha,
-                  "Halpha": f_ha, "[NII]6583": n2 * f_ha, "[NII]6548": n2 * f_ha / 3.05,
-                  "[SII]6716": s2 * f_ha, "[SII]6731": 0.75 * s2 * f_ha}
-        v_gas = 1.1 * vel
-        for name, lam in EMISSION_LINES:
-            centre = lam * zp1 * (1 + v_gas / C_KMS)
-            sigma_a = np.sqrt((muse_lsf_fwhm(centre) / FWHM_TO_SIGMA) ** 2 - p.wave_step**2 / 12
-                              + (25.0 * centre / C_KMS) ** 2)
-            _line_profiles(model, e_obs, centre, sigma_a, fluxes[name])
+def _add_emission_lines(model, wave_obs, ha_window, f: dict, m: _Setup) -> None:
+    """Gas lines (1.1 x the stellar rotation, 25 km/s) added to ``model`` in place, in the observed
+    frame: H-alpha from the EW map on the local continuum (``ha_window``: the paper-grid pixels next
+    to it), the others by radially varying ratios and a Balmer decrement attenuated by the local A_V."""
+    p, zp1, av, r = m.p, m.zp1, f["av"].ravel(), f["r"].ravel()
+    ha_cont = np.median(ha_window, axis=1) / zp1
+    f_ha = f["ew_ha"].ravel() * ha_cont * zp1  # EW in the rest frame -> observed flux
+    k = O94(Rv=3.1)(np.array([4861.33, 6562.80]) * u.AA)
+    decrement = 2.86 * 10.0 ** (0.4 * av * (k[0] - k[1]))
+    n2 = 0.45 - 0.2 * np.clip(r, 0, 1)
+    o3 = 0.4 + 1.0 * np.clip(r, 0, 1)
+    s2 = 0.15 + 0.1 * np.clip(r, 0, 1)
+    hb = f_ha / decrement
+    fluxes = {"Hbeta": hb, "[OIII]5007": o3 * hb, "[OIII]4959": o3 * hb / 2.98, "[OI]6300": 0.04 * f_ha,
+              "Halpha": f_ha, "[NII]6583": n2 * f_ha, "[NII]6548": n2 * f_ha / 3.05,
+              "[SII]6716": s2 * f_ha, "[SII]6731": 0.75 * s2 * f_ha}
+    v_gas = 1.1 * f["vel"].ravel()
+    for name, lam in EMISSION_LINES:
+        centre = lam * zp1 * (1 + v_gas / C_KMS)
+        sigma_a = np.sqrt((muse_lsf_fwhm(centre) / FWHM_TO_SIGMA) ** 2 - p.wave_step**2 / 12
+                          + (25.0 * centre / C_KMS) ** 2)
+        _line_profiles(model, bin_edges(wave_obs), centre, sigma_a, fluxes[name])
 
-    # --- noise: Poisson-like + sky, normalised on the central spaxel
+
+@dataclass(frozen=True)
+class _Sky:
+    shape: np.ndarray  # [n_obs] relative sky variance (rising to the red, peaks at sky lines)
+    bg2: float  # sky variance per unit of ``shape``
+    lsf_sig: np.ndarray  # [n_obs] MUSE LSF sigma, A
+
+
+def _variance(model, wave_obs, sb, m: _Setup) -> tuple[np.ndarray, _Sky]:
+    """Poisson-like (flux / gain) + sky variance, normalised so that the central spaxel has
+    ``snr_center`` in NORM_WINDOW with ``sky_fraction`` of its variance from the sky."""
+    p, zp1 = m.p, m.zp1
     sky_shape = 1.0 + 0.6 * (wave_obs - wave_obs[0]) / (wave_obs[-1] - wave_obs[0])
     lsf_sig = muse_lsf_fwhm(wave_obs) / FWHM_TO_SIGMA
     for lam, amp in SKY_VARIANCE_LINES:
         sky_shape = sky_shape + amp * np.exp(-0.5 * ((wave_obs - lam) / lsf_sig) ** 2)
     win_o = (wave_obs >= NORM_WINDOW[0] * zp1) & (wave_obs <= NORM_WINDOW[1] * zp1)
-    centre_spax = int(np.argmax(sb))
-    f_c = model[centre_spax, win_o].mean()
+    f_c = model[int(np.argmax(sb)), win_o].mean()
     var_c = (f_c / p.snr_center) ** 2
     bg2 = p.sky_fraction * var_c / sky_shape[win_o].mean()
     inv_gain = (1 - p.sky_fraction) * var_c / f_c
     var = inv_gain * np.clip(model, 0.0, None) + bg2 * sky_shape[None, :]
+    return var, _Sky(shape=sky_shape, bg2=bg2, lsf_sig=lsf_sig)
 
-    if p.sky_residuals:
-        rng = streams[6]
-        for lam in SKY_RESIDUAL_LINES:
-            i = int(np.argmin(np.abs(wave_obs - lam)))
-            sky_sigma = math.sqrt(bg2 * sky_shape[i])
-            peak = sky_sigma * (rng.normal(0.0, p.sky_residual_sigma) + rng.normal(0.0, p.sky_residual_sigma, n_spax))
-            s_a = np.full(n_spax, math.sqrt(max(lsf_sig[i] ** 2 - p.wave_step**2 / 12, 1e-6)))
-            _line_profiles(model, e_obs, np.full(n_spax, lam), s_a, peak * math.sqrt(2 * math.pi) * s_a)
 
-    noise = streams[7].standard_normal((n_spax, n_obs))
-    data = (model + np.sqrt(var) * noise).T.reshape(n_obs, ny, nx).astype(np.float32)
-    stat = var.T.reshape(n_obs, ny, nx).astype(np.float32)
-    if p.nan_planes:
+def _add_sky_residuals(model, wave_obs, sky: _Sky, m: _Setup) -> None:
+    """Sky-subtraction residuals at the [O I] night-sky lines, added to ``model`` in place: a part
+    common to the cube plus one per spaxel, in units of the local sky noise."""
+    p, n_spax, rng = m.p, m.n_spax, m.streams[6]
+    e_obs = bin_edges(wave_obs)
+    for lam in SKY_RESIDUAL_LINES:
+        i = int(np.argmin(np.abs(wave_obs - lam)))
+        sky_sigma = math.sqrt(sky.bg2 * sky.shape[i])
+        peak = sky_sigma * (rng.normal(0.0, p.sky_residual_sigma) + rng.normal(0.0, p.sky_residual_sigma, n_spax))
+        s_a = np.full(n_spax, math.sqrt(max(sky.lsf_sig[i] ** 2 - p.wave_step**2 / 12, 1e-6)))
+        _line_profiles(model, e_obs, np.full(n_spax, lam), s_a, peak * math.sqrt(2 * math.pi) * s_a)
+
+
+def _noisy_planes(model, var, m: _Setup) -> tuple[np.ndarray, np.ndarray]:
+    """DATA and STAT planes [n_obs, ny, nx] float32: Gaussian noise drawn, the first and last
+    ``nan_planes`` planes NaN as in MUSE cubes."""
+    n_obs = model.shape[1]
+    noise = m.streams[7].standard_normal((m.n_spax, n_obs))
+    data = (model + np.sqrt(var) * noise).T.reshape(n_obs, m.ny, m.nx).astype(np.float32)
+    stat = var.T.reshape(n_obs, m.ny, m.nx).astype(np.float32)
+    if m.p.nan_planes:
         for a in (data, stat):
-            a[: p.nan_planes] = np.nan
-            a[-p.nan_planes :] = np.nan
-    snr_map = (stellar_only[:, win_o].mean(axis=1) / np.sqrt(var[:, win_o].mean(axis=1))).reshape(ny, nx)
+            a[: m.p.nan_planes] = np.nan
+            a[-m.p.nan_planes :] = np.nan
+    return data, stat
 
-    # --- WCS and files
+
+def _celestial_header(m: _Setup) -> fits.Header:
+    """A TAN celestial WCS centred on the grid at (ra, dec), CD matrix, as MUSE cubes carry."""
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.cunit = ["deg", "deg"]
-    wcs.wcs.crpix = [(nx + 1) / 2, (ny + 1) / 2]
-    wcs.wcs.crval = [p.ra, p.dec]
-    wcs.wcs.cd = np.array([[-p.pixscale_arcsec / 3600, 0.0], [0.0, p.pixscale_arcsec / 3600]])
+    wcs.wcs.crpix = [(m.nx + 1) / 2, (m.ny + 1) / 2]
+    wcs.wcs.crval = [m.p.ra, m.p.dec]
+    wcs.wcs.cd = np.array([[-m.p.pixscale_arcsec / 3600, 0.0], [0.0, m.p.pixscale_arcsec / 3600]])
     wcs.wcs.radesys = "ICRS"
-    cel = wcs.to_header()
-    meta = {"mock": {"seed": int(seed), "redshift": float(redshift), "ny": ny, "nx": nx,
-                                       **asdict(p)}, "ssp family": raw.family}
+    return wcs.to_header()
+
+
+def _write_mock_cube(out_cube, data, stat, cel, meta: dict, p: MockParams) -> None:
+    """The cube file, its primary header carrying every knob (``meta``) so that a cube says how it was made."""
     cards = [("OBJECT", "MOCK", "specfm mock MUSE cube"), ("TELESCOP", "ESO-VLT-U4", ""), ("INSTRUME", "MUSE", ""),
              ("RA", float(p.ra), "[deg]"), ("DEC", float(p.dec), "[deg]")]
     cards += [(k.replace("HIERARCH ", ""), v, "") for k, v in meta_cards(meta)]
     write_cube(out_cube, p.wave_start, p.wave_step, data, stat, cel, bunit=FLUX_UNIT_PHANGS, primary_cards=cards)
 
+
+def _truth(raw: SSPGrid, mass, weights, f: dict, t_light, snr_map, cel, meta: dict, m: _Setup) -> Truth:
+    """The truth maps (light- and mass-weighted age, [M/H], A_V, kinematics, LIGHT, S/N, EW) and the
+    weight grids, on the cube's spaxel grid."""
+    ny, nx, n_z, n_age = m.ny, m.nx, *raw.flux.shape[:2]
+    log_age = np.log10(raw.age_gyr * 1e9)
     maps = {
-        "LOGAGE": t_logage.reshape(ny, nx), "MH": t_mh.reshape(ny, nx), "AV": f["av"], "VEL": f["vel"],
-        "SIGMA": f["sigma"], "LOGAGE_MW": t_logage_mw.reshape(ny, nx), "LIGHT": t_light.reshape(ny, nx),
-        "SNR": snr_map, "EW_HA": f["ew_ha"] if p.emission else np.zeros((ny, nx)),
+        "LOGAGE": np.einsum("nza,a->n", weights, log_age).reshape(ny, nx),
+        "MH": np.einsum("nza,z->n", weights, raw.mh).reshape(ny, nx), "AV": f["av"], "VEL": f["vel"],
+        "SIGMA": f["sigma"], "LOGAGE_MW": np.einsum("nza,a->n", mass, log_age).reshape(ny, nx),
+        "LIGHT": t_light.reshape(ny, nx), "SNR": snr_map,
+        "EW_HA": f["ew_ha"] if m.p.emission else np.zeros((ny, nx)),
     }
     units = dict(TRUTH_UNITS, LIGHT=f"({FLUX_UNIT_PHANGS}) * (1+z)")
-    truth = Truth(maps=maps, units=units, weights=np.moveaxis(weights.reshape(ny, nx, n_z, n_age), (2, 3), (0, 1)),
-                  log_age=log_age, mh=raw.mh.astype(float), wcs_header=cel.tostring(sep="\n"), meta=meta)
-    write_truth(truth, out_truth)
-    log.info("mock: %d x %d spaxels x %d planes; LOGAGE %.2f-%.2f, MH %+.2f..%+.2f, AV %.2f-%.2f, "
-             "|VEL| <= %.0f km/s, central S/N %.1f per pixel", ny, nx, n_obs, t_logage.min(), t_logage.max(),
-             t_mh.min(), t_mh.max(), av.min(), av.max(), np.abs(vel).max(), snr_map.max())
-    return truth
+    return Truth(maps=maps, units=units, weights=np.moveaxis(weights.reshape(ny, nx, n_z, n_age), (2, 3), (0, 1)),
+                 log_age=log_age, mh=raw.mh.astype(float), wcs_header=cel.tostring(sep="\n"), meta=meta)
 
 
 def write_truth(truth: Truth, path: str | Path) -> None:
