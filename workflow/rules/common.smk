@@ -36,7 +36,7 @@ SOURCES = config["sources"]
 def with_prov(path):
     """A product and its provenance record, as one multiext output (so Snakemake's cache keeps both)."""
     base, ext = os.path.splitext(path)
-    return multiext(base, ext, ext + ".prov.json")
+    return multiext(base, ext, f"{ext}.prov.json")
 
 
 def derived_seed(*names):
