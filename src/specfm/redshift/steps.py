@@ -510,17 +510,18 @@ def _headline(r) -> list[dict]:
     for pop in ("BGS", "ELG"):
         s = r["specpt"][pop]
         if s["n"]:
-            h.append({"metric": f"SpecPT NMAD {pop}-like (test)", "value": s["nmad"],
-                      "reference": "SpecPT paper", "reference_value": TARGETS[pop]["nmad"],
-                      "target": TARGETS[pop]["nmad"]})
-            h.append({"metric": f"SpecPT eta {pop}-like (test)", "value": s["eta"], "reference": "SpecPT paper",
-                      "reference_value": TARGETS[pop]["eta"], "target": TARGETS[pop]["eta"]})
+            target = TARGETS[pop]
+            for key, name in (("nmad", "NMAD"), ("eta", "eta")):
+                h.append({"metric": f"SpecPT {name} {pop}-like (test, n={s['n']})", "value": s[key],
+                          "reference": "SpecPT paper", "reference_value": target[key], "target": target[key]})
     rr, hy = r["redrock"]["all"], r["hybrid"]["all"]
     if rr["n"]:
-        h.append({"metric": "Redrock NMAD (test subset)", "value": rr["nmad"], "reference": "SpecPT on the same spectra",
+        h.append({"metric": f"Redrock NMAD (test subset, n={rr['n']})", "value": rr["nmad"],
+                  "reference": "SpecPT on the same spectra",
                   "reference_value": r["specpt_on_redrock_subset"]["all"]["nmad"], "target": None})
-        h.append({"metric": "hybrid NMAD (test subset)", "value": hy["nmad"], "reference": "Redrock NMAD x 1.5",
-                  "reference_value": rr["nmad"], "target": 1.5 * rr["nmad"] if rr["nmad"] is not None else None})
+        h.append({"metric": f"hybrid NMAD (test subset, n={hy['n']})", "value": hy["nmad"],
+                  "reference": "Redrock NMAD x 1.5", "reference_value": rr["nmad"],
+                  "target": 1.5 * rr["nmad"] if rr["nmad"] is not None else None})
     sp = r["speed"]
     h.append({"metric": "Redrock / SpecPT seconds per spectrum", "value": sp["redrock_over_specpt"],
               "reference": "issue target", "reference_value": 100.0, "target": 100.0})
