@@ -5,5 +5,5 @@ from specfm.galaxies.steps import synthetic_figures
 from specfm.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    synthetic_figures(snakemake.input[0], snakemake.wildcards.split,
+    synthetic_figures(snakemake.input.predictions, snakemake.wildcards.split,
                       {kind: snakemake.output[kind] for kind in KINDS}, code_files=[__file__])

@@ -4,4 +4,4 @@ from specfm.galaxies.steps import build_templates
 from specfm.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    build_templates(snakemake.input[0], snakemake.output[0], code_files=[__file__])
+    build_templates(snakemake.input.manifest, snakemake.output[0], code_files=[__file__])

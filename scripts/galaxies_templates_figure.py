@@ -4,4 +4,4 @@ from specfm.galaxies.steps import templates_figure
 from specfm.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    templates_figure(snakemake.input[0], snakemake.output[0], code_files=[__file__])
+    templates_figure(snakemake.input.templates, snakemake.output[0], code_files=[__file__])

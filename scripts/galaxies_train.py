@@ -12,7 +12,7 @@ init_distributed()
 with rule_logging(snakemake.log[0]):
     # each named output is (product, its .prov.json); the ablation variants have no predictions
     predictions = snakemake.output.get("predictions")
-    train_model(snakemake.input[0], snakemake.output.model[0], snakemake.output.metrics[0],
+    train_model(snakemake.input.training_set, snakemake.output.model[0], snakemake.output.metrics[0],
                 train=snakemake.params.train, arch=snakemake.params.arch, seed=snakemake.params.seed,
                 threads=snakemake.threads, gpu=snakemake.resources.gpu,
                 predictions_out=predictions[0] if predictions else None,

@@ -6,7 +6,7 @@ include: "helpers/galaxies.smk"
 rule galaxies_templates:
     """E-MILES SSPs -> MUSE LSF -> 4749-7100 A at 2.48 A, median-normalised, as one HDF5 grid."""
     input:
-        template_manifest,
+        manifest=template_manifest,
     output:
         with_prov("results/interim/galaxies/templates_{tset}.h5"),
     log:
@@ -21,7 +21,7 @@ rule galaxies_templates:
 
 rule galaxies_templates_figure:
     input:
-        "results/interim/galaxies/templates_{tset}.h5",
+        templates="results/interim/galaxies/templates_{tset}.h5",
     output:
         report(
             "results/galaxies/figures/templates_{tset}.png",
@@ -44,7 +44,7 @@ rule galaxies_training_set:
     """Table 1 singles, replicas and 2..5-population mixtures x 16 A_V levels, noise phases; splits
     train / validation / test (other noise) / test_unseen (combinations never seen in training)."""
     input:
-        TRAINING_TEMPLATES,
+        templates=TRAINING_TEMPLATES,
     output:
         with_prov(TRAINING_SET),
     log:
@@ -63,7 +63,7 @@ rule galaxies_training_set:
 rule galaxies_train:
     """GalProTE on GPU if granted (gpu from config; 0 = CPU), checkpointed and resumable."""
     input:
-        TRAINING_SET,
+        training_set=TRAINING_SET,
     output:
         model=with_prov(GALPROTE_MODEL),
         metrics=with_prov("results/galaxies/synthetic_metrics.json"),
@@ -91,7 +91,7 @@ rule galaxies_train:
 rule galaxies_synthetic_figures:
     """The paper's Figures 8-12 on one synthetic test split, from the predictions training kept."""
     input:
-        "results/galaxies/synthetic_predictions.h5",
+        predictions="results/galaxies/synthetic_predictions.h5",
     output:
         logage=synthetic_figure("logage"),
         mh=synthetic_figure("mh"),
@@ -116,7 +116,7 @@ rule galaxies_ablation_train:
     """One attention variant of GalProTE: the main model's training set, seed and settings but the
     block's attention context (the wildcard) and the ablation's epoch budget."""
     input:
-        TRAINING_SET,
+        training_set=TRAINING_SET,
     output:
         model=with_prov(f"results/models/galaxies/ablation/galprote_{GAL['template_set']}_{{attention}}.pt"),
         metrics=with_prov("results/galaxies/ablation/{attention}_metrics.json"),
@@ -143,7 +143,7 @@ rule galaxies_ablation_train:
 rule galaxies_ablation:
     """The attention variants side by side (synthetic test metrics, same data, seed and budget)."""
     input:
-        expand("results/galaxies/ablation/{attention}_metrics.json", attention=GAL["ablation"]["attention"]),
+        metrics=expand("results/galaxies/ablation/{attention}_metrics.json", attention=GAL["ablation"]["attention"]),
     output:
         report(ABLATION_JSON, caption="../report/galaxies_ablation.rst", category="galaxies"),
         f"{ABLATION_JSON}.prov.json",
@@ -166,7 +166,7 @@ rule galaxies_mock_cube:
     """A mock MUSE cube (PHANGS-MUSE file layout) with continuous SFHs, A_V, velocity field, LSF,
     noise, emission lines and sky residuals, built from the raw SSPs; its truth maps beside it."""
     input:
-        manifest_path(GAL["template_sets"][GAL["template_set"]]["source"]),
+        manifest=manifest_path(GAL["template_sets"][GAL["template_set"]]["source"]),
     output:
         cube="results/interim/galaxies/{galaxy}_cube.fits",
         cube_prov="results/interim/galaxies/{galaxy}_cube.fits.prov.json",
