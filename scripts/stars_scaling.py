@@ -4,5 +4,5 @@ from specfm.logs import rule_logging
 from specfm.stars.steps import scaling_statistics
 
 with rule_logging(snakemake.log[0]):
-    scaling_statistics(list(snakemake.input), snakemake.output[0], reservoir=snakemake.params.reservoir,
+    scaling_statistics(list(snakemake.input.reservoirs), snakemake.output[0], reservoir=snakemake.params.reservoir,
                        seed=snakemake.params.seed, code_files=[__file__])

@@ -52,7 +52,7 @@ rule stars_dust_sfd:
 rule stars_scaling:
     """Median/IQR of every feature and label over the sample's training split (all partitions)."""
     input:
-        stars_reservoirs,
+        reservoirs=stars_reservoirs,
     output:
         with_prov("results/interim/stars/{sample}_scaling.json"),
     log:
