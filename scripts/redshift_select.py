@@ -4,6 +4,6 @@ from specfm.logs import rule_logging
 from specfm.redshift.steps import select_targets
 
 with rule_logging(snakemake.log[0]):
-    select_targets(snakemake.input[0], snakemake.output.targets[0], snakemake.output.pixels,
+    select_targets(snakemake.input.zcatalog, snakemake.output.targets[0], snakemake.output.pixels,
                    cuts=snakemake.params.cuts, max_targets=snakemake.params.max_targets,
                    source_pin=snakemake.params.source_pin, code_files=[__file__])

@@ -33,7 +33,7 @@ rule redshift_spectra:
 rule redshift_rr_templates:
     """Redrock PCA templates from the E-MILES SSPs + emission lines (Redrock's BASIS_VECTORS layout)."""
     input:
-        manifest_path(RZ["redrock"]["source"]),
+        manifest=manifest_path(RZ["redrock"]["source"]),
     output:
         with_prov(RZ_TEMPLATES),
     log:
@@ -270,7 +270,7 @@ rule redshift_bench:
 checkpoint redshift_select:
     """zcatalog -> BGS / ELG cuts (redshift.cuts) -> selected targets and the healpix pixels holding them."""
     input:
-        redshift_zcatalog,
+        zcatalog=redshift_zcatalog,
     output:
         targets=with_prov("results/interim/redshift/{sample}_selection.parquet"),
         pixels="results/interim/redshift/{sample}_pixels.json",
