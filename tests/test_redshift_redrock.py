@@ -61,3 +61,42 @@ def test_a_z_range_the_templates_do_not_cover_is_refused(templates):
     with pytest.raises(ValueError, match="outside what the templates cover"):
         rrfit.fit_full(templates, wave, np.ones((1, wave.size)), np.ones((1, wave.size)), np.array([1]),
                        zmin=0.0, zmax=3.0)
+
+
+def write_template_file(path, wave, flux, rrtype="GALAXY", log_wave=False):
+    """A Redrock template file in its BASIS_VECTORS layout (linear wavelength unless log_wave)."""
+    from astropy.io import fits
+
+    axis = np.log10(wave) if log_wave else wave
+    hdr = fits.Header({"CRVAL1": axis[0], "CDELT1": axis[1] - axis[0], "RRTYPE": rrtype, "RRSUBTYP": "",
+                       "RRVER": "test", "RRIGM": "Inoue14", "EXTNAME": "BASIS_VECTORS", **({"LOGLAM": 1} if log_wave else {})})
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(flux, header=hdr)]).writeto(path)
+
+
+def test_template_files_are_read_as_redrock_reads_them(tmp_path):
+    from specfm.redshift.steps import read_rr_templates
+
+    wave = np.arange(3000.0, 3010.0, 0.5)
+    flux = np.arange(3 * wave.size, dtype=float).reshape(3, wave.size)
+    write_template_file(tmp_path / "linear.fits", wave, flux)
+    got = read_rr_templates(tmp_path / "linear.fits")
+    np.testing.assert_allclose(got["wave"], wave)
+    np.testing.assert_array_equal(got["flux"], flux)
+    log_wave = 10 ** np.arange(3.4, 3.41, 1e-4)
+    write_template_file(tmp_path / "log.fits", log_wave, np.ones((2, log_wave.size)), log_wave=True)
+    np.testing.assert_allclose(read_rr_templates(tmp_path / "log.fits")["wave"], log_wave, rtol=1e-10)
+
+
+def test_a_star_template_or_a_non_template_file_is_a_named_error(tmp_path):
+    from astropy.io import fits
+
+    from specfm.redshift.steps import read_rr_templates
+
+    wave = np.arange(3000.0, 3010.0, 0.5)
+    write_template_file(tmp_path / "star.fits", wave, np.ones((2, wave.size)), rrtype="STAR")
+    with pytest.raises(ValueError, match=r"star\.fits: a Redrock STAR template"):
+        read_rr_templates(tmp_path / "star.fits")
+    fits.PrimaryHDU(np.ones(3)).writeto(tmp_path / "image.fits")
+    with pytest.raises(ValueError, match=r"image\.fits: not a Redrock template file"):
+        read_rr_templates(tmp_path / "image.fits")
+

@@ -69,8 +69,21 @@ def test_dry_runs_list_the_demo_and_the_full_dag(tmp_path):
                  "redshift_train_fold", "emulator_train"):
         assert rule in full, rule
     big = dry_run_jobs(wf, "all", "--configfile", "config/config.yaml", "config/fullscale.yaml")
-    assert big["stars_finetune"] == 20 and big["redshift_train_fold"] == 5  # one job per member / fold
+    assert big["stars_finetune"] == 20 and big["redshift_train_fold"] == 10  # one job per member / fold
     assert big["galaxies_predict"] == 3  # ngc4254, ngc5068, mockgal
+
+
+def test_a_configured_redrock_template_file_replaces_the_built_templates(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    (tmp_path / "rrdir").mkdir()
+    (tmp_path / "rrdir" / "rrtemplate-galaxy.fits").write_bytes(b"")  # a dry run only checks it exists
+    overlay = {"redshift": {"redrock": {"template_file": "$RR_TEMPLATE_DIR/rrtemplate-galaxy.fits"}}}
+    (wf / "config" / "rr.yaml").write_text(yaml.safe_dump(overlay))
+    proc = snakemake(wf, "-n", "--configfile", "config/config.yaml", "config/rr.yaml", "--quiet", "rules",
+                     env={"RR_TEMPLATE_DIR": str(tmp_path / "rrdir")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = {line.split()[0] for line in proc.stdout.splitlines() if len(line.split()) == 2}
+    assert {"redshift_redrock", "redshift_hybrid"} <= jobs and "redshift_rr_templates" not in jobs
 
 
 def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path):

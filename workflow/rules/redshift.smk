@@ -154,7 +154,7 @@ rule redshift_redrock:
     """Redrock, full chi^2 scan over redshift.redrock z range, on the test split (first n_max by hash)."""
     input:
         spectra="results/interim/redshift/{sample}_spectra.h5",
-        templates=RZ_TEMPLATES,
+        templates=redshift_templates(),
     output:
         table=with_prov("results/interim/redshift/{sample}_redrock.parquet"),
         timing="results/interim/redshift/{sample}_redrock.timing.json",
@@ -174,7 +174,7 @@ rule redshift_hybrid:
     """Redrock scanning only SpecPT's z +- window (redshift.hybrid) on the same spectra."""
     input:
         spectra="results/interim/redshift/{sample}_spectra.h5",
-        templates=RZ_TEMPLATES,
+        templates=redshift_templates(),
         specpt="results/interim/redshift/{sample}_specpt.parquet",
     output:
         table=with_prov("results/interim/redshift/{sample}_hybrid.parquet"),

@@ -278,12 +278,19 @@ def build_rr_templates(manifest, out, *, n_basis: int, n_galaxies: int, blue: fl
 
 
 def read_rr_templates(path) -> dict:
-    from astropy.io import fits
+    """{wave, flux} of a Redrock GALAXY template file: ours, or an official one (redshift.redrock.template_file).
 
-    with fits.open(path) as h:
-        hdr, flux = h["BASIS_VECTORS"].header, np.asarray(h["BASIS_VECTORS"].data, float)
-    wave = 10 ** (hdr["CRVAL1"] + hdr["CDELT1"] * np.arange(flux.shape[1]))
-    return {"wave": wave, "flux": flux}
+    Read with Redrock's own reader, so a file it accepts (linear or log wavelength, any version) is
+    read the same here; only the basis is kept, because the stage chooses the z grid itself."""
+    from redrock.templates import Template
+
+    try:
+        tpl = Template(filename=str(path))
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: not a Redrock template file ({exc})") from None
+    if tpl.template_type != "GALAXY":
+        raise ValueError(f"{path}: a Redrock {tpl.template_type} template; the redshift stage fits GALAXY ones")
+    return {"wave": np.asarray(tpl.wave, float), "flux": np.asarray(tpl.flux, float)}
 
 
 # ------------------------------------------------------------------ training

@@ -5,6 +5,13 @@ from specfm.redshift.products import FIGURES as RZ_FIGURES
 
 RZ = config["redshift"]
 RZ_TEMPLATES = "results/interim/redshift/rr_templates.fits"
+
+
+def redshift_templates():
+    """The Redrock templates the scans use: a configured template file (official redrock-templates,
+    $VARS expanded), or the PCA templates rule redshift_rr_templates builds from the SSPs."""
+    given = RZ["redrock"]["template_file"]
+    return os.path.expandvars(given) if given else RZ_TEMPLATES
 RZ_SPEED = "results/bench/redshift_speed.json"
 
 
@@ -100,7 +107,7 @@ def redshift_timings(wildcards):
 
 def redshift_bench_input(wildcards):
     s = RZ["bench"]["sample"]
-    return {"spectra": f"results/interim/redshift/{s}_spectra.h5", "templates": RZ_TEMPLATES,
+    return {"spectra": f"results/interim/redshift/{s}_spectra.h5", "templates": redshift_templates(),
             "folds": [f"results/models/redshift/{redshift_trained(s)}_fold{k}.pt" for k in range(RZ["folds"])]}
 
 
