@@ -63,7 +63,7 @@ rule redshift_pretrain:
         rule_bench("redshift_pretrain_{sample}"),
     params:
         arch=RZ["model"],
-        train=RZ["pretrain"],
+        train=redshift_pretrain_settings(),
         seed=derived_seed("redshift_pretrain"),
     threads: RZ["train"]["threads"]
     resources:

@@ -4,13 +4,15 @@ early stopping, best weights restored), and the fold ensemble's joint prediction
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from specfm.train import checkpoint_dir_for, choose_device, fit, load_final, save_final, seed_everything
+from specfm.train import checkpoint_dir_for, choose_device, fit, load_final, rank, save_final, seed_everything
 
 from .autoencoder import AEConfig, SpecPTAutoencoder, masked_mse
 from .grid import fold_part
@@ -23,16 +25,47 @@ AE_FORMAT = "specfm.redshift.autoencoder/1"
 Z_FORMAT = "specfm.redshift.specpt_z/1"
 
 
-def _tensors(spectra, rows, device, with_z=False):
+def _tensors(spectra, rows, device, with_z=False, data: dict | None = None, spill_dir=None):
+    """The split as a TensorDataset: (model input, pixel mask) or (model input, z).
+
+    A split larger than data["in_memory_mb"] is written once, uncompressed, to .npy files in
+    `spill_dir` (under the job's checkpoint directory: $SPECFM_CHECKPOINT_DIR can put it on
+    node-local scratch) and memory-mapped, so a full EDR sample (~500k x 7,781 px) is never in
+    memory at once, yet a batch is one indexed read of whole rows rather than a decompression of the
+    file's lzf chunks per spectrum. Same values in the same order: the weights do not depend on it."""
+    meta = read_meta(spectra)
+    z = meta["z"].astype("f4") if with_z else None
+    nbytes = 2 * len(rows) * meta["wave"].size * 4
+    if spill_dir is not None and nbytes > (data or {}).get("in_memory_mb", 4000) * 2**20:
+        return _spilled(spectra, rows, z, Path(spill_dir), meta["wave"].size)
     flux, ivar = read_rows(spectra, rows)
-    x = torch.from_numpy(model_input(flux, ivar))
-    m = torch.from_numpy((ivar > 0).astype("f4"))
-    out = [x, m]
-    if with_z:
-        out = [x, torch.from_numpy(read_meta(spectra)["z"][rows].astype("f4"))]
+    out = [torch.from_numpy(model_input(flux, ivar)), torch.from_numpy(_second(rows, ivar, z))]
     if device.type == "cuda":
         out = [t.to(device) for t in out]
     return TensorDataset(*out)
+
+
+def _second(rows, ivar, z) -> np.ndarray:
+    """The second tensor of a sample: its z (fold training) or its pixel mask (pretraining)."""
+    return z[rows] if z is not None else (ivar > 0).astype("f4")
+
+
+def _spilled(spectra, rows, z, spill_dir: Path, n_pix: int, chunk: int = 4096) -> TensorDataset:
+    """Memory-mapped copy of the split's tensors (one file set per DDP rank; rebuilt on every start,
+    so a requeued job never trusts a half-written file)."""
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    paths = [spill_dir / f"x_r{rank()}.npy", spill_dir / f"{'z' if z is not None else 'mask'}_r{rank()}.npy"]
+    x = np.lib.format.open_memmap(paths[0], mode="w+", dtype="f4", shape=(len(rows), n_pix))
+    second = np.lib.format.open_memmap(paths[1], mode="w+", dtype="f4",
+                                       shape=(len(rows),) if z is not None else (len(rows), n_pix))
+    for s in range(0, len(rows), chunk):
+        flux, ivar = read_rows(spectra, rows[s:s + chunk])
+        x[s:s + chunk] = model_input(flux, ivar)
+        second[s:s + chunk] = _second(rows[s:s + chunk], ivar, z)
+    x.flush(), second.flush()
+    del x, second
+    log.info("%s: %d spectra spilled to %s (memory-mapped)", spectra, len(rows), spill_dir)
+    return TensorDataset(*(torch.from_numpy(np.load(p, mmap_mode="c")) for p in paths))
 
 
 def _ae_config(meta, arch) -> AEConfig:
@@ -50,6 +83,7 @@ def _fit(model, loss_fn, train, val, out, tcfg, seed, device, fingerprint):
     res = fit(model, loss_fn, train, val, optimizer=opt, scheduler=sched, max_epochs=tcfg["epochs"],
               patience=tcfg["patience"], checkpoint_dir=checkpoint_dir_for(out), seed=seed,
               batch_size=tcfg["batch_size"], device=device, fingerprint=fingerprint, grad_clip=1.0, log=log)
+    shutil.rmtree(checkpoint_dir_for(out) / "spill", ignore_errors=True)  # only a finished fit gets here
     return res, time.perf_counter() - t0
 
 
@@ -74,7 +108,9 @@ def train_autoencoder(spectra, out, *, arch: dict, tcfg: dict, seed: int, gpu: i
         x, mask = batch
         return masked_mse(m(x), x, mask)
 
-    train, val = _tensors(spectra, rows["train"], device), _tensors(spectra, rows["val"], device)
+    spill = checkpoint_dir_for(out) / "spill"
+    train, val = (_tensors(spectra, rows[s], device, data=tcfg.get("data"), spill_dir=spill / s)
+                  for s in ("train", "val"))
     res, sec = _fit(model, loss_fn, train, val, out, tcfg, seed, device,
                     {"arch": cfg.to_dict(), "train": tcfg, "n": [len(train), len(val)]})
     summary = {"best_val_loss": res.best_val_loss, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
@@ -133,7 +169,9 @@ def train_fold(spectra, autoencoder, out, *, fold: int, folds: int, zarch: dict,
         x, z = batch
         return nmad_loss(m(x), z)
 
-    train, val = (_tensors(spectra, rows[s], device, with_z=True) for s in ("train", "val"))
+    spill = checkpoint_dir_for(out) / "spill"
+    train, val = (_tensors(spectra, rows[s], device, with_z=True, data=tcfg.get("data"),
+                           spill_dir=spill / s) for s in ("train", "val"))
     res, sec = _fit(model, loss_fn, train, val, out, tcfg, seed, device,
                     {"ae": ae_meta["summary"], "z": zcfg.to_dict(), "train": tcfg, "fold": [fold, folds]})
     summary = {"best_val_loss": res.best_val_loss, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,

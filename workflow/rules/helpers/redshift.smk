@@ -84,10 +84,16 @@ def redshift_ablation_models(wildcards):
     return [f"results/models/redshift/{wildcards.sample}_fold0_{p}.pt" for p in RZ["ablation"]["pooling"]]
 
 
+def redshift_pretrain_settings():
+    """Autoencoder pretraining: redshift.pretrain, and how the split is held (redshift.data)."""
+    return {**RZ["pretrain"], "data": RZ["data"]}
+
+
 def redshift_finetune_settings():
     """Fold training: epochs / patience / batch size from redshift.train, the rest from finetune."""
     t = RZ["train"]
-    return {"epochs": t["epochs"], "patience": t["patience"], "batch_size": t["batch_size"], **RZ["finetune"]}
+    return {"epochs": t["epochs"], "patience": t["patience"], "batch_size": t["batch_size"], **RZ["finetune"],
+            "data": RZ["data"]}
 
 
 def redshift_head(pooling=None):
