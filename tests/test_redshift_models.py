@@ -76,3 +76,18 @@ def test_more_folds_than_labelled_training_spectra_is_named():
         fold_rows(fold_meta(), 0, 7, "s_spectra.h5")
     with pytest.raises(ValueError, match="fold 3 is not in 0..2"):
         fold_rows(fold_meta(), 3, 3, "s_spectra.h5")
+
+
+def test_the_fullscale_autoencoder_has_the_papers_size():
+    """config/fullscale.yaml builds SpecPT's autoencoder at the paper's 1,120,475,621 parameters (within
+    2 %); counted on torch's meta device, so nothing is allocated."""
+    from specfm import config as cfg
+    from specfm.redshift.training import _ae_config
+
+    rz = cfg.load("config/config.yaml", "config/fullscale.yaml")["redshift"]
+    g = rz["grid"]
+    n_pix = int(round((g["wmax"] - g["wmin"]) / g["dw"])) + 1
+    with torch.device("meta"):
+        model = SpecPTAutoencoder(_ae_config({"wave": np.zeros(n_pix)}, rz["model"]))
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n / 1_120_475_621 - 1) < 0.02, n
