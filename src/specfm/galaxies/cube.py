@@ -113,6 +113,7 @@ def _voronoi(x, y, signal, noise, target_snr: float, name: str) -> np.ndarray:
                                  quiet=True, wvt=True)
     return np.asarray(out[0])
 
+
 class _MemorySource:
     """Row strips of an in-memory ``Cube`` (views; its NaNs are the mask)."""
 
