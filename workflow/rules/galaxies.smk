@@ -52,6 +52,7 @@ rule galaxies_training_set:
     cache: True
     params:
         size_factor=GAL["trainset"]["size_factor"],
+        augment=GAL["trainset"]["augment"],
         seed=derived_seed("galaxies_trainset"),
     resources:
         mem_mb=8000,

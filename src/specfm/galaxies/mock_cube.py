@@ -64,7 +64,6 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 from dust_extinction.parameter_averages import O94
-from scipy.fft import irfft, next_fast_len, rfft, rfftfreq
 from scipy.ndimage import gaussian_filter
 from scipy.special import erf, ndtr
 
@@ -73,10 +72,12 @@ from specfm.io import atomic_path
 from .cube_io import FLUX_UNIT_PHANGS, write_cube
 from .maps import header_meta, image_hdu, meta_cards, primary_hdu, quiet_wcs
 from .spectra import (
+    C_KMS,
     FWHM_TO_SIGMA,
     bin_edges,
     emiles_fwhm,
     emission_mask,
+    fourier_losvd,
     match_lsf,
     muse_lsf_fwhm,
     paper_wavelength_grid,
@@ -87,7 +88,6 @@ from .templates import SSPGrid, read_ssp_grid
 log = logging.getLogger(__name__)
 
 FORMAT = "specfm.galaxies.mock_truth/1"
-C_KMS = 299792.458
 EMISSION_LINES = (  # air wavelengths, A
     ("Hbeta", 4861.33), ("[OIII]4959", 4958.91), ("[OIII]5007", 5006.84), ("[OI]6300", 6300.30),
     ("[NII]6548", 6548.05), ("Halpha", 6562.80), ("[NII]6583", 6583.45), ("[SII]6716", 6716.44),
@@ -427,15 +427,8 @@ def _kinematics(wave_r, rest, f: dict, v_edge: float) -> tuple[np.ndarray, np.nd
     n_log = int((math.log(e_r[-1]) - math.log(e_r[0])) / dln) - 3
     wave_log = np.exp(math.log(e_r[0]) + dln * (np.arange(n_log) + 1.5))  # edges strictly inside e_r
     spec_log = resample(wave_r, rest, wave_log)
-    vel, sig = f["vel"].ravel(), f["sigma"].ravel()
     pad = int(np.ceil(v_edge / LOG_STEP_KMS)) + 16
-    nfft = next_fast_len(n_log + 2 * pad)
-    padded = np.pad(spec_log, ((0, 0), (pad, nfft - n_log - pad)), mode="edge")
-    freq = rfftfreq(nfft)
-    shift = np.log1p(vel / C_KMS) / dln  # pixels
-    s_pix = sig / LOG_STEP_KMS
-    kernel = np.exp(-2j * np.pi * freq[None, :] * shift[:, None] - 2 * (np.pi * freq[None, :] * s_pix[:, None]) ** 2)
-    return wave_log, irfft(rfft(padded, axis=1) * kernel, n=nfft, axis=1)[:, pad : pad + n_log]
+    return wave_log, fourier_losvd(spec_log, f["vel"].ravel(), f["sigma"].ravel(), LOG_STEP_KMS, pad)
 
 
 def _add_emission_lines(model, wave_obs, ha_window, f: dict, m: _Setup) -> None:

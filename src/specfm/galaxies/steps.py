@@ -90,14 +90,19 @@ def bin_cube(cube_path: str | Path, out: str | Path, *, redshift: float, target_
 MODEL_CODE = [*CODE, "specfm.galaxies.trainset", "specfm.galaxies.model", "specfm.galaxies.training", "specfm.train"]
 
 
-def training_set(templates_path: str | Path, out: str | Path, *, size_factor: float, seed: int, code_files=()) -> None:
-    """Templates -> GalProTE training set (Table 1 recipe; train/validation/test/test_unseen)."""
+def training_set(templates_path: str | Path, out: str | Path, *, size_factor: float, seed: int,
+                 augment: dict | None = None, code_files=()) -> None:
+    """Templates -> GalProTE training set (Table 1 recipe; train/validation/test/test_unseen), with the
+    ``augment`` fields of `trainset.Recipe` (kinematics, continuum tilt) where given."""
     from .trainset import build_training_set
 
     start = time.perf_counter()
-    info = build_training_set(read_template_table(templates_path), out, size_factor=size_factor, seed=seed)
+    augment = dict(augment or {})
+    info = build_training_set(read_template_table(templates_path), out, size_factor=size_factor, seed=seed,
+                              **augment)
     log.info("wrote %s: %s spectra per split in %.1f s", out, info["counts"], time.perf_counter() - start)
-    provenance.write(out, inputs={"templates": templates_path}, params={"size_factor": size_factor}, seed=seed,
+    provenance.write(out, inputs={"templates": templates_path}, params={"size_factor": size_factor, **augment},
+                     seed=seed,
                      code=MODEL_CODE, code_files=code_files, step="galaxies_training_set")
 
 

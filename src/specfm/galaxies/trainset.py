@@ -44,6 +44,7 @@ import hashlib
 import json
 import logging
 import math
+from functools import partial
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ import numpy as np
 
 from specfm.io import atomic_path
 
-from .spectra import attenuate, av_levels
+from .spectra import apply_kinematics, attenuate, av_levels
 from .template_table import TemplateGrid
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,11 @@ class Recipe:
     test_fraction: float = 1.0
     unseen_fraction: float = 0.1  # held-out share of combination space, and size of test_unseen / base
     unseen_salt: str = "specfm-galprote-unseen-1"
+    # Augmentations beyond the paper (0 = off, the paper), see `augment_spectra`:
+    vel_max_kms: float = 0.0  # residual line-of-sight velocity ~ U(-v, v)
+    sigma_max_kms: float = 0.0  # stellar dispersion ~ U(0, s), on top of the MUSE LSF
+    tilt: float = 0.0  # multiplicative continuum 1 + a1 P1 + a2 P2, a_k ~ U(-t, t)
+    augment_splits: tuple = ("train", "validation")  # test and test_unseen stay the paper's
 
 
 # ------------------------------------------------------------------------------------ counts
@@ -238,10 +244,13 @@ def grid_weights(components, raw, shape, prior, smooth) -> np.ndarray:
     return (dense @ smooth).reshape(b, n_z, n_age)
 
 
-def model_spectra(flux_flat, mask, factors, weights_flat) -> np.ndarray:
+def model_spectra(flux_flat, mask, factors, weights_flat, transform=None) -> np.ndarray:
     """Median-normalised kept-pixel spectra [B, n_kept] of templates ``flux_flat`` [n_t, n_pix] mixed
-    with ``weights_flat`` [B, n_t] and attenuated by ``factors`` [B, n_pix] (10^(-0.4 A_V k))."""
+    with ``weights_flat`` [B, n_t] and attenuated by ``factors`` [B, n_pix] (10^(-0.4 A_V k));
+    ``transform`` (e.g. `augment_spectra`) acts on the full-grid spectra before the mask."""
     spec = (weights_flat @ flux_flat) * factors  # [B, n_pix]
+    if transform is not None:
+        spec = transform(spec)
     kept = spec[:, mask]
     return kept / np.median(kept, axis=1, keepdims=True)
 
@@ -249,6 +258,47 @@ def model_spectra(flux_flat, mask, factors, weights_flat) -> np.ndarray:
 def attenuation_factors(wave, av, rv=3.1) -> np.ndarray:
     """[len(av), n_pix] O'Donnell (1994) transmission for each A_V."""
     return attenuate(wave, np.ones(len(wave)), np.atleast_1d(np.asarray(av, dtype=float)), rv=rv)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+@dataclass
+class Augmentation:
+    """Per-spectrum draws of `augment_spectra` (stored with the split, so they can be inspected)."""
+
+    vel_kms: np.ndarray  # [B]
+    sigma_kms: np.ndarray  # [B]
+    tilt: np.ndarray  # [B, 2] Legendre coefficients a1, a2
+
+    @classmethod
+    def draw(cls, n: int, recipe: Recipe, rng: np.random.Generator) -> "Augmentation":
+        return cls(rng.uniform(-recipe.vel_max_kms, recipe.vel_max_kms, n),
+                   rng.uniform(0.0, recipe.sigma_max_kms, n),
+                   rng.uniform(-recipe.tilt, recipe.tilt, (n, 2)))
+
+    @classmethod
+    def none(cls, n: int) -> "Augmentation":
+        return cls(np.zeros(n), np.zeros(n), np.zeros((n, 2)))
+
+
+def augment_spectra(wave, spec, aug: Augmentation) -> np.ndarray:
+    """What a real galaxy adds to a template mixture and the paper's training set lacks: a residual
+    line-of-sight velocity and a stellar dispersion (a real galaxy has 30-250 km/s; the templates
+    carry only the MUSE LSF), and a smooth flux-calibration error (a low-order multiplicative
+    Legendre tilt; the paper fits no multiplicative polynomial). Without them the model reads a
+    broadened spectrum's shallower metal lines as an older, metal-poorer population."""
+    out = spec
+    if np.any(aug.vel_kms) or np.any(aug.sigma_kms):
+        out = apply_kinematics(wave, out, aug.vel_kms, aug.sigma_kms)
+    if np.any(aug.tilt):
+        x = np.linspace(-1.0, 1.0, np.shape(wave)[-1])
+        out = out * (1.0 + aug.tilt[:, :1] * x + aug.tilt[:, 1:] * (1.5 * x**2 - 0.5))
+    return out
+
+
+def _augments(recipe: Recipe, split: str) -> bool:
+    return split in recipe.augment_splits and bool(recipe.vel_max_kms or recipe.sigma_max_kms or recipe.tilt)
 
 
 # ----------------------------------------------------------------------------------- noise
@@ -299,7 +349,8 @@ def add_noise(flux, level, rng: np.random.Generator, *, n_patches=(15, 25), widt
 
 
 def _seeds(seed: int) -> dict:
-    names = ("base", "unseen", "subsets", *(f"noise_{s}" for s in SPLITS))
+    # new streams go at the end: SeedSequence children keep their index, so old streams stay the same
+    names = ("base", "unseen", "subsets", *(f"noise_{s}" for s in SPLITS), *(f"augment_{s}" for s in SPLITS))
     return dict(zip(names, np.random.SeedSequence(seed).spawn(len(names))))
 
 
@@ -313,7 +364,8 @@ def build_training_set(templates: TemplateGrid, out_path, *, size_factor: float 
     Layout: per split ``{split}/spectra [N, n_kept] f4``, ``weights [N, n_Z, n_age] f4`` (sum 1),
     ``av_index [N] i1``, ``av [N] f4``, ``noise_level [N] f4``, ``n_patches [N] i1``,
     ``components [N, 5] i2`` (flat template indices, -1 padded: the combination key), ``row [N] i1``
-    (index into ROWS), ``base_index [N] i4``; the templates under ``templates/``; root attributes
+    (index into ROWS), ``base_index [N] i4``, the augmentation draws ``vel_kms [N]``, ``sigma_kms [N]``,
+    ``tilt [N, 2]`` (zeros where a split is not augmented); the templates under ``templates/``; root attributes
     ``log_age``, ``mh``, ``av_levels``, ``wave`` (kept pixels), ``recipe`` and ``counts`` (JSON).
     """
     recipe = Recipe(**{**asdict(recipe or Recipe()), "size_factor": size_factor, **overrides})
@@ -377,6 +429,7 @@ def build_training_set(templates: TemplateGrid, out_path, *, size_factor: float 
                 n = counts[split]
                 src, idx = sources[split], index[split]
                 rng = np.random.default_rng(seeds[f"noise_{split}"])
+                aug_rng = np.random.default_rng(seeds[f"augment_{split}"])
                 phase = np.empty(n, np.int64)
                 phase[rng.permutation(n)] = np.arange(n) * len(recipe.noise_levels) // max(n, 1)
                 level = np.asarray(recipe.noise_levels, float)[phase]
@@ -387,7 +440,10 @@ def build_training_set(templates: TemplateGrid, out_path, *, size_factor: float 
                     bi = idx[lo:hi]
                     comp, raw, avi = src.components[bi], src.raw[bi], src.av_index[bi]
                     w = grid_weights(comp.astype(np.int64), raw, (n_z, n_age), prior, smooth)
-                    clean = model_spectra(flux_flat, mask, factors[avi], w.reshape(-1, n_t))
+                    aug = (Augmentation.draw(hi - lo, recipe, aug_rng) if _augments(recipe, split)
+                           else Augmentation.none(hi - lo))
+                    clean = model_spectra(flux_flat, mask, factors[avi], w.reshape(-1, n_t),
+                                          transform=partial(augment_spectra, templates.wave, aug=aug))
                     noisy, _, n_patch = add_noise(
                         clean, level[lo:hi], rng, n_patches=recipe.n_patches, width=recipe.patch_width,
                         sigma_max=recipe.patch_sigma_max, p_masked=recipe.p_masked_patch)
@@ -400,6 +456,9 @@ def build_training_set(templates: TemplateGrid, out_path, *, size_factor: float 
                     ds["components"][lo:hi] = comp
                     ds["row"][lo:hi] = src.row[bi]
                     ds["base_index"][lo:hi] = bi
+                    ds["vel_kms"][lo:hi] = aug.vel_kms.astype(np.float32)
+                    ds["sigma_kms"][lo:hi] = aug.sigma_kms.astype(np.float32)
+                    ds["tilt"][lo:hi] = aug.tilt.astype(np.float32)
                     if bar is not None:
                         bar.update(hi - lo)
     if bar is not None:
@@ -422,6 +481,9 @@ def _create(g, n, n_kept, shape) -> dict:
         "components": g.create_dataset("components", (n, MAX_POP), np.int16, **kw),
         "row": g.create_dataset("row", (n,), np.int8, **kw),
         "base_index": g.create_dataset("base_index", (n,), np.int32, **kw),
+        "vel_kms": g.create_dataset("vel_kms", (n,), np.float32, **kw),
+        "sigma_kms": g.create_dataset("sigma_kms", (n,), np.float32, **kw),
+        "tilt": g.create_dataset("tilt", (n, 2), np.float32, **kw),
     }
 
 
