@@ -146,6 +146,19 @@ def _check_references(config: dict[str, Any]) -> None:
             need(entry["model"], stars, key, "sample")
             if stars[entry["model"]].get("kind") == "targets":
                 raise ConfigError(f"config key '{key}': '{entry['model']}' is a targets sample, which has no trained ensemble")
+    _check_emulator_grid(config.get("emulator", {}).get("grid", {}), sources, need)
+
+
+def _check_emulator_grid(grid: dict, sources: dict, need) -> None:
+    """kind miles / phoenix name a declared source (phoenix: an http_grid one); hdf5 / fits a path."""
+    kind = grid.get("kind")
+    if kind in ("miles", "phoenix"):
+        need(grid["source"], sources, "emulator.grid.source", "source")
+        if kind == "phoenix" and sources[grid["source"]]["kind"] != "http_grid":
+            raise ConfigError(f"config key 'emulator.grid.source': kind phoenix needs an http_grid source, "
+                              f"'{grid['source']}' is {sources[grid['source']]['kind']}")
+    elif kind in ("hdf5", "fits") and not grid.get("path"):
+        raise ConfigError(f"config key 'emulator.grid.path': required for kind '{kind}'")
 
 
 def load(*paths: str | Path) -> dict[str, Any]:

@@ -3,28 +3,13 @@
 # A source with a pinned sha256 is wrapped in ensure(); one without is trust-on-first-use:
 # the first fetch records its sha256 in the lock file, later fetches verify against it. The unpack
 # step checks the archive against the same pin (or lock entry) again: a file placed by hand never
-# goes through the fetch rule.
+# goes through the fetch rule. A grid source (kind http_grid, e.g. PHOENIX-ACES) is many files, one
+# fetch job per file (rule fetch_grid_file), each trust-on-first-use under its own lock key.
+
+include: "helpers/fetch.smk"
 
 
-def fetched_output(name):
-    path = archive_path(name)
-    sha = SOURCES[name].get("sha256")
-    return ensure(path, sha256=sha) if sha else path
-
-
-def unpack_pin(name):
-    """What the unpack step checks the archive against (a file placed by hand skips the fetch rule):
-    the config's pin, else the lock entry the fetch recorded."""
-    sha = SOURCES[name].get("sha256")
-    return {
-        "sha256": sha,
-        "what": f"config sources.{name}.sha256" if sha else "",
-        "lock_path": None if sha else config["checksum_lock"],
-        "lock_key": None if sha else f"{name}/{SOURCES[name]['filename']}",
-    }
-
-
-for _name, _source in SOURCES.items():
+for _name, _source in FILE_SOURCES.items():
 
     rule:
         name:
@@ -68,3 +53,26 @@ for _name, _source in SOURCES.items():
                 runtime=30,
             script:
                 "../../scripts/unpack_source.py"
+
+
+rule fetch_grid_file:
+    """One file of an http_grid source; its sha256 recorded in the lock on first fetch, then checked."""
+    output:
+        path="resources/archives/{gsource}/{gfile}",
+    wildcard_constraints:
+        gsource=one_of(GRID_SOURCES),
+        gfile=r"[^/]+",
+    params:
+        source=grid_source_of,
+        lock=config["checksum_lock"],
+        fetch=config["fetch"],
+    log:
+        "logs/fetch/{gsource}/{gfile}.log",
+    benchmark:
+        rule_bench("fetch_{gsource}_{gfile}")
+    resources:
+        mem_mb=500,
+        runtime=30,
+    localrule: True
+    script:
+        "../../scripts/fetch_grid_file.py"

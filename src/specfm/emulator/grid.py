@@ -60,24 +60,30 @@ class Grid:
         return self.label_names.index(name)
 
 
-def validate(grid: Grid, source: str) -> Grid:
-    """Refuse inconsistent grids with an error naming `source` and the problem."""
+HDF5_NAMES = {"ids": "/ids", "labels": "/labels", "wavelength": "/wavelength", "flux": "/flux",
+              "flux_error": "/flux_error"}
+
+
+def validate(grid: Grid, source: str, names: dict = HDF5_NAMES) -> Grid:
+    """Refuse inconsistent grids with an error naming `source` and the problem (`names`: what the
+    file calls each part, e.g. the FITS grid's extensions)."""
     n, m = len(grid.ids), len(grid.wavelength)
+    ids, lab, wave, flux, ferr = (names[k] for k in ("ids", "labels", "wavelength", "flux", "flux_error"))
     if grid.labels.ndim != 2 or grid.labels.shape[0] != n:
-        raise GridError(f"{source}: /labels has {grid.labels.shape[0]} rows but /ids has {n}")
+        raise GridError(f"{source}: {lab} has {grid.labels.shape[0]} rows but {ids} has {n}")
     if grid.flux.shape != (n, m):
-        raise GridError(f"{source}: /flux has shape {grid.flux.shape}, expected (n_ids={n}, n_wave={m})"
+        raise GridError(f"{source}: {flux} has shape {grid.flux.shape}, expected (n_ids={n}, n_wave={m})"
                         " (labels and fluxes of different lengths?)")
     if len(grid.label_names) != grid.labels.shape[1] or len(grid.label_units) != grid.labels.shape[1]:
-        raise GridError(f"{source}: /labels attrs names/units must list {grid.labels.shape[1]} entries")
+        raise GridError(f"{source}: {lab} names/units must list {grid.labels.shape[1]} entries")
     if not np.all(np.diff(grid.wavelength) > 0):
         bad = int(np.argmax(np.diff(grid.wavelength) <= 0))
-        raise GridError(f"{source}: /wavelength is not strictly increasing (at index {bad + 1})")
+        raise GridError(f"{source}: {wave} is not strictly increasing (at index {bad + 1})")
     uniq, counts = np.unique(grid.ids, return_counts=True)
     if (counts > 1).any():
-        raise GridError(f"{source}: duplicated ids in /ids: {list(uniq[counts > 1][:5])}")
+        raise GridError(f"{source}: duplicated ids in {ids}: {list(uniq[counts > 1][:5])}")
     if grid.flux_error is not None and grid.flux_error.shape != (n, m):
-        raise GridError(f"{source}: /flux_error has shape {grid.flux_error.shape}, expected {(n, m)}")
+        raise GridError(f"{source}: {ferr} has shape {grid.flux_error.shape}, expected {(n, m)}")
     usable = np.ones(n, bool) if grid.status is None else grid.status == "ok"
     bad_rows = np.flatnonzero(usable & ~np.isfinite(grid.flux).all(axis=1))
     if bad_rows.size:

@@ -19,7 +19,9 @@ from .grid import GridError, read
 log = logging.getLogger("specfm.emulator")
 
 GRID_CODE = ["specfm.emulator.grid", "specfm.emulator.build", "specfm.emulator.continuum",
-             "specfm.emulator.miles", "specfm.emulator.user_grid", "specfm.emulator.steps", "specfm.io"]
+             "specfm.emulator.miles", "specfm.emulator.user_grid", "specfm.emulator.fits_grid",
+             "specfm.emulator.phoenix", "specfm.emulator.resample", "specfm.fetch.grid_source",
+             "specfm.emulator.steps", "specfm.io"]
 MODEL_CODE = [*GRID_CODE, "specfm.train", "specfm.emulator.models", "specfm.emulator.payne",
               "specfm.emulator.bigpayne", "specfm.emulator.conv", "specfm.emulator.transformer_payne",
               "specfm.emulator.schedule", "specfm.emulator.training"]
@@ -32,34 +34,63 @@ def _named(prefix, paths) -> dict:
     return {f"{prefix}{i}": str(p) for i, p in enumerate(paths)}
 
 
-def build_grid(kind: str, inputs: list[str], out, *, window, margin: float, continuum: dict,
-               max_bad_fraction: float, split: dict, max_spectra=None, normalised: bool = False,
-               code_files=()) -> dict:
-    """A `miles` (unpacked manifest) or `hdf5` (user file) grid -> the HDF5 layout."""
-    from .build import finish
-    from .grid import write
+def _checked_grid_files(paths: list[str], pin: dict) -> list[str]:
+    """Each file of an http_grid source against its lock entry (key SOURCE/FILENAME), as every reader
+    of a declared source does: a file placed or edited by hand is never used silently."""
+    from specfm.fetch.grid_source import grid_lock_key
+    from specfm.fetch.sources import checked_source_file
 
+    return [str(checked_source_file(p, {"lock_path": pin["lock_path"],
+                                        "lock_key": grid_lock_key(pin["source"], Path(p).name)}))
+            for p in paths]
+
+
+def read_raw_grid(kind: str, inputs: list[str], *, window, margin: float, max_spectra=None,
+                  medium: str = "air", pin: dict | None = None):
+    """(raw Grid, source text, error kind) of one grid kind. Kind phoenix: inputs[0] is the
+    wavelength file, the rest one file per point."""
     if kind == "miles":
         from .miles import read_miles
 
-        raw, source = read_miles(manifest_files(inputs[0]), max_spectra), "sdss-mangadap 4.5.0 MILES"
-        error_kind = None
-    elif kind == "hdf5":
-        from .user_grid import read_user_grid
+        return read_miles(manifest_files(inputs[0]), max_spectra), "sdss-mangadap 4.5.0 MILES", None
+    if kind == "phoenix":
+        from .phoenix import read_phoenix
 
-        raw, source = read_user_grid(inputs[0]), str(inputs[0])
-        error_kind = "given" if raw.flux_error is not None else None
-        if max_spectra:
-            raw.ids, raw.labels, raw.flux = raw.ids[:max_spectra], raw.labels[:max_spectra], raw.flux[:max_spectra]
-            raw.flux_error = None if raw.flux_error is None else raw.flux_error[:max_spectra]
+        files = inputs[: 1 + max_spectra] if max_spectra else inputs
+        files = _checked_grid_files(files, pin) if pin else files
+        raw = read_phoenix(files[0], files[1:], window=window, margin=margin, medium=medium)
+        return raw, f"PHOENIX-ACES ({len(files) - 1} files of {Path(files[0]).parent})", None
+    if kind not in ("hdf5", "fits"):
+        raise GridError(f"emulator.grid.kind: unknown grid kind {kind!r} (miles, hdf5, fits, phoenix)")
+    if kind == "hdf5":
+        from .user_grid import read_user_grid as reader
     else:
-        raise GridError(f"emulator.grid.kind: unknown grid kind {kind!r} (miles, hdf5)")
+        from .fits_grid import read_fits_grid as reader
+    raw = reader(inputs[0])
+    if max_spectra:
+        raw.ids, raw.labels, raw.flux = raw.ids[:max_spectra], raw.labels[:max_spectra], raw.flux[:max_spectra]
+        raw.flux_error = None if raw.flux_error is None else raw.flux_error[:max_spectra]
+    return raw, str(inputs[0]), "given" if raw.flux_error is not None else None
+
+
+def build_grid(kind: str, inputs: list[str], out, *, window, margin: float, continuum: dict,
+               max_bad_fraction: float, split: dict, max_spectra=None, normalised: bool = False,
+               n_pixels: int | None = None, medium: str = "air", pin: dict | None = None,
+               code_files=()) -> dict:
+    """A `miles` (unpacked manifest), `hdf5` / `fits` (user file) or `phoenix` (fetched files,
+    checked against `pin`: {lock_path, source}) grid -> the HDF5 layout."""
+    from .build import finish
+    from .grid import write
+
+    raw, source, error_kind = read_raw_grid(kind, inputs, window=window, margin=margin,
+                                            max_spectra=max_spectra, medium=medium, pin=pin)
     grid = finish(raw, window=window, margin=margin, continuum=None if normalised else continuum,
                   max_bad_fraction=max_bad_fraction, split=split, error_kind=error_kind,
-                  source=source, kind=kind)
+                  source=source, kind=kind, n_pixels=n_pixels)
     write(grid, out)
     params = {"kind": kind, "window": window, "margin": margin, "continuum": continuum,
-              "max_bad_fraction": max_bad_fraction, "split": split, "max_spectra": max_spectra}
+              "max_bad_fraction": max_bad_fraction, "split": split, "max_spectra": max_spectra,
+              "n_pixels": n_pixels, "medium": medium if kind == "phoenix" else None}
     provenance.write(out, inputs=_named("input", inputs), params=params, code=GRID_CODE,
                      code_files=code_files, step="emulator_grid")
     return grid.attrs["counts"]

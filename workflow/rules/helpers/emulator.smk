@@ -45,15 +45,27 @@ def emulator_targets():
 
 
 def emulator_grid_input(wildcards):
-    """The unpacked MILES wheel (kind miles) or the user's grid file (kind hdf5)."""
+    """The unpacked MILES wheel (kind miles), the user's grid file (kind hdf5 / fits) or every file
+    of the http_grid source, the wavelength file first (kind phoenix)."""
     g = EMU["grid"]
-    return [manifest_path(g["source"])] if g["kind"] == "miles" else [g["path"]]
+    if g["kind"] == "miles":
+        return [manifest_path(g["source"])]
+    if g["kind"] == "phoenix":
+        return grid_source_paths(g["source"])
+    return [g["path"]]
+
+
+def emulator_grid_pin():
+    """Kind phoenix: the lock and source each fetched file is checked against before it is read."""
+    g = EMU["grid"]
+    return {"lock_path": config["checksum_lock"], "source": g["source"]} if g["kind"] == "phoenix" else None
 
 
 def emulator_grid_params():
     g = EMU["grid"]
-    return {k: g[k] for k in ("window", "margin", "continuum", "max_bad_fraction", "split",
-                              "max_spectra", "normalised")}
+    return {**{k: g[k] for k in ("window", "margin", "continuum", "max_bad_fraction", "split",
+                                 "max_spectra", "normalised", "n_pixels", "medium")},
+            "pin": emulator_grid_pin()}
 
 
 def emulator_run_seed(wildcards):
