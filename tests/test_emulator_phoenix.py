@@ -25,6 +25,7 @@ from specfm.emulator.phoenix import vac_to_air
 from specfm.emulator.steps import build_grid
 from specfm.fetch import ChecksumError, ChecksumLock
 from specfm.fetch.grid_source import fetch_grid_file, grid_files, grid_points, parse_point, phoenix_tokens
+from specfm.report.timing import read_benchmark
 
 LIB = "PHOENIX-ACES-AGSS-COND-2011"
 WAVE_FILE = f"WAVE_{LIB}.fits"
@@ -197,6 +198,8 @@ def test_phoenix_grid_through_snakemake_then_a_changed_upstream_file_fails_namin
     g = G.read(wf / "results/interim/emulator/grid.h5")
     assert g.label_names == ["teff", "logg", "feh", "alpha_m"] and len(g.wavelength) == 300
     assert sorted(map(tuple, g.labels.tolist())) == POINTS
+    bench = read_benchmark(wf / "results/bench/rules/emulator_grid.tsv")  # the script's own benchmark
+    assert bench["seconds"] > 0 and bench["cpu_seconds"] > 0 and bench["max_rss_mb"] > 50
 
     name = "lte05800-4.50-0.0.PHOENIX-ACES-AGSS-COND-2011-HiRes.fits"
     files[name].write_bytes(files[name].read_bytes()[:-2880] + b" " * 2880)

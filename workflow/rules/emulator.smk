@@ -1,6 +1,7 @@
 # emulator: TransformerPayne and its three baselines (seed 001). A grid of (labels -> normalised
-# flux) spectra (MILES stars from the sdss-mangadap wheel, or a user's HDF5 grid) -> The Payne,
-# BigPayne, convolutional emulator, TransformerPayne, trained per (model, training-set size, seed)
+# flux) spectra (MILES stars from the sdss-mangadap wheel, a user's HDF5 or FITS grid, or PHOENIX-ACES
+# files of an http_grid source) -> The Payne, BigPayne, convolutional emulator, TransformerPayne,
+# trained per (model, training-set size, seed)
 # -> pretraining on a restricted domain + fine-tuning -> held-out scores, figures, parameter
 # inference of held-out stars, throughput.
 
@@ -20,10 +21,11 @@ rule emulator_grid:
         grid=with_prov("results/interim/emulator/grid.h5"),
     log:
         "logs/emulator/grid.log",
-    cache: True  # no benchmark: Snakemake refuses one on a between-workflow cached rule
+    cache: True  # no benchmark: Snakemake refuses one on a cached rule; the script writes its own
     params:
         kind=EMU["grid"]["kind"],
         settings=emulator_grid_params(),
+        bench=rule_bench("emulator_grid"),
     resources:
         mem_mb=4000,
         runtime=30,

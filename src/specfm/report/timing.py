@@ -8,9 +8,15 @@ not in it; the terminal summary prints the whole invocation's wall time).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime
+import resource
+import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
+
+from specfm.io import write_bytes_atomic
 
 STAGES = ("galaxies", "stars", "redshift", "emulator", "report")
 
@@ -33,6 +39,31 @@ def read_benchmark(path: str | Path) -> dict:
     end = path.stat().st_mtime
     return {"seconds": num("s"), "cpu_seconds": num("cpu_time"), "max_rss_mb": num("max_rss"),
             "end": end, "start": end - num("s")}
+
+
+COLUMNS = ("s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load", "cpu_time")
+
+
+def _cpu_and_rss() -> tuple[float, float]:
+    """CPU seconds (user + system, this process and its waited-for children) and peak RSS in MB."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return cpu, max(me.ru_maxrss, kids.ru_maxrss) / 1024.0  # ru_maxrss is in KiB on Linux
+
+
+@contextlib.contextmanager
+def own_benchmark(path: str | Path) -> Iterator[None]:
+    """Write a benchmark TSV like Snakemake's for a job that may not have a `benchmark:` (a rule with
+    `cache: True`, which Snakemake refuses one): wall s, h:m:s, peak RSS and CPU seconds; the other
+    columns NA. Written only when the job succeeds, as Snakemake's."""
+    t0, (cpu0, _) = time.perf_counter(), _cpu_and_rss()
+    yield
+    seconds, (cpu1, rss) = time.perf_counter() - t0, _cpu_and_rss()
+    values = {"s": f"{seconds:.4f}", "h:m:s": str(datetime.timedelta(seconds=int(seconds))),
+              "max_rss": f"{rss:.2f}", "cpu_time": f"{cpu1 - cpu0:.2f}"}
+    row = "\t".join(values.get(c, "NA") for c in COLUMNS)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, ("\t".join(COLUMNS) + "\n" + row + "\n").encode())
 
 
 def rule_of(path: Path, rules: Iterable[str]) -> str:
