@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from astropy.io import fits
 
+from fakes import REPO
+from specfm.config import ConfigError, load
 from specfm.emulator import grid as G
 from specfm.emulator.fits_grid import read_fits_grid
 from specfm.emulator.steps import build_grid
@@ -77,3 +80,16 @@ def test_a_fits_file_without_the_layout_is_named(tmp_path):
     (tmp_path / "text.fits").write_text("not fits")
     with pytest.raises(G.GridError, match=r"text.fits: not a readable FITS file"):
         read_fits_grid(tmp_path / "text.fits")
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"kind": "fits"}, "'emulator.grid.path': required for kind 'fits'"),
+    ({"kind": "phoenix", "source": "mangadap_wheel"}, "kind phoenix needs an http_grid source, 'mangadap_wheel' is registry"),
+    ({"kind": "phoenix", "source": "nowhere"}, "'emulator.grid.source': unknown source 'nowhere'"),
+    ({"n_pixels": 5}, "n_pixels"),
+])
+def test_grid_kinds_need_their_keys(tmp_path, grid, message):
+    (tmp_path / "over.yaml").write_text(yaml.safe_dump({"emulator": {"grid": grid}}))
+    with pytest.raises(ConfigError, match=message):
+        load(REPO / "config/config.yaml", tmp_path / "over.yaml")
+    assert load(REPO / "config/config.yaml")["emulator"]["grid"]["n_pixels"] is None  # default: native
