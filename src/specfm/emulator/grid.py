@@ -10,10 +10,14 @@ Layout (format attribute ``specfm-emulator-grid-v1``), n spectra of m pixels and
     /pixel_mask   (n, m) bool     optional: True where the pixel was bad and interpolated over
     /status       (n,)   str      "ok", or why the spectrum is not used (missing_labels, bad_pixels)
     /split        (n,)   str      train / val / test from a stable hash of the id; "excluded" if not ok
-    attrs: format, kind, counts (JSON), window (2 floats)
+    attrs: format, kind, counts (JSON), window (2 floats), medium, sampling ("native" or n pixels
+           uniform in ln(lambda), specfm.emulator.resample); kind phoenix also medium_conversion
+           and source_flux_unit
 
 A user's grid (kind ``hdf5``) needs /ids, /labels (+ names, units), /wavelength, /flux and may have
-/flux_error; the grid rule windows, (optionally) normalises and splits it into this layout.
+/flux_error; the grid rule windows, (optionally) normalises and splits it into this layout. The
+other kinds read into the same Grid first: ``fits`` (specfm.emulator.fits_grid), ``phoenix``
+(specfm.emulator.phoenix), ``miles`` (specfm.emulator.miles).
 """
 
 from __future__ import annotations
