@@ -17,6 +17,7 @@ from specfm.stars.features import Reservoir, build_features, split_of
 from specfm.stars.model import MaskedStellarAutoencoder, MSAConfig, pinball_loss
 from specfm.stars.predict import combine, predict_catalogue, read_predictions
 from specfm.stars.training import masking_policy, train_stage
+from specfm.stars.xp import canonical_coefficients
 from specfm.train import ParquetBatchStream, arrays_from_columns
 
 TINY_ARCH = dict(d_embedding=4, n_frequencies=4, frequency_scale=0.1, widths=[32, 32, 16, 16],
@@ -45,10 +46,12 @@ def test_features_convert_sentinels_scale_xp_and_account_for_rows(feature_table)
     sentinel = raw["tmass_j"] == -9999.0
     assert sentinel.any() and table.loc[sentinel.to_numpy(), "tmass_j"].isna().all()
     assert not table.loc[~sentinel.to_numpy(), "tmass_j"].isna().any()
-    # XP divided by the G-band flux in e-/s (DR3 zero point 25.6874)
+    # XP in canonical form divided by the G-band flux in e-/s (DR3 zero point 25.6874)
     row = raw.dropna(subset=["bp_0"]).iloc[0]
-    got = table.set_index("source_id").loc[row["source_id"], "bp_3"]
-    assert got == pytest.approx(row["bp_3"] / 10 ** (-0.4 * (row["phot_g_mean_mag"] - 25.6874)), rel=1e-5)
+    got = table.set_index("source_id").loc[row["source_id"], C.XP].to_numpy(np.float64)
+    want = canonical_coefficients(row[C.XP].to_numpy(np.float64)[None])[0]
+    np.testing.assert_allclose(got, want / 10 ** (-0.4 * (row["phot_g_mean_mag"] - 25.6874)),
+                               rtol=1e-5, atol=1e-6 * np.abs(got).max())
     assert (table["has_xp"] == raw["bp_0"].notna().to_numpy()).all()
     assert table["has_skymapper"].sum() == 0 and table["sm_u"].isna().all()  # missing, never zero
     assert table["age"].isna().all()

@@ -146,20 +146,24 @@ def test_bad_input_errors():
     np.testing.assert_allclose(fit.coefficients[[0, 2]], [[2 / 3, 2 / 3]] * 2, atol=1e-12)
 
 
-def test_projection_keeps_the_flux_and_is_stable():
-    """Archive coefficients with junk in the near-null directions project to coefficients with the
-    same sampled flux, and projecting twice changes (almost) nothing."""
+def test_canonical_form_keeps_the_flux_drops_the_near_null_part_and_is_a_projection():
+    """Coefficients with junk in the near-null directions -> the same canonical coefficients as
+    without it, the same sampled flux up to what the dropped weak directions carry, and applying
+    the map twice changes nothing (an orthogonal projection, unlike a ridge fit)."""
     rng = np.random.default_rng(5)
     design = xp.gaiaxpy_design()
     truth, _, norms = well_determined(design, rng, 3)
     _, s, vt = np.linalg.svd(design.matrix / norms, full_matrices=False)
     junk = truth + 0.1 * np.linalg.norm(truth * norms, axis=1, keepdims=True) * vt[-1] / norms
-    flux = xp.coefficients_to_flux(junk, design)
-    once = xp.project_coefficients(junk, design=design)
-    twice = xp.project_coefficients(once, design=design)
-    np.testing.assert_allclose(xp.coefficients_to_flux(once, design), flux, atol=1e-6 * np.abs(flux).max())
+    once = xp.canonical_coefficients(junk)
+    twice = xp.canonical_coefficients(once)
     size = np.linalg.norm(truth * norms, axis=1)
-    assert (np.linalg.norm((once - truth) * norms, axis=1) < 1e-3 * size).all()  # junk removed
-    # a ridge is not an exact projection: a second pass shrinks directions with s ~ tau again
-    # (measured ~1e-4 of the vector), far below the junk the first pass removed (0.1)
-    assert (np.linalg.norm((twice - once) * norms, axis=1) < 1e-3 * size).all()
+    flux = xp.coefficients_to_flux(truth, design)
+    # truth lies in directions with s >= 1e-2 s_max, all kept (cutoff 5e-3): nothing of it is lost
+    np.testing.assert_allclose(xp.coefficients_to_flux(once, design), flux, atol=1e-9 * np.abs(flux).max())
+    assert (np.linalg.norm((once - truth) * norms, axis=1) < 1e-9 * size).all()  # junk removed
+    np.testing.assert_allclose(twice, once, rtol=0, atol=1e-12 * np.abs(once).max())
+    operator = xp.canonical_operator(design)
+    assert np.linalg.matrix_rank(operator) == int((s >= xp.CANONICAL_CUTOFF * s[0]).sum()) == 82
+    with pytest.raises(ValueError, match="110"):
+        xp.canonical_coefficients(np.ones((2, 109)))

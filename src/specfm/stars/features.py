@@ -5,10 +5,13 @@ slice of the embedded library) and leave as Parquet row groups, so peak memory d
 chunk size, never on the number of stars (benchmarked in `specfm.stars.bench`).
 
 Feature columns (all float32, NaN = not measured; documented in config/README.md):
-* ``bp_*``, ``rp_*``: XP coefficients divided by the G-band flux in e-/s, 10**(-0.4 (G - 25.6874))
-  (DR3 G zero point, Riello et al. 2021). The coefficients scale with the star's brightness; the
-  brightness is already in the G magnitude, so dividing by it leaves the spectral *shape*, whose
-  dynamic range is ~10 instead of ~10^5 and which a distance change leaves untouched.
+* ``bp_*``, ``rp_*``: XP coefficients in their canonical form (`specfm.stars.xp.canonical_coefficients`:
+  the part the 343-point sampled flux determines, so Gaia's own coefficients and those recovered
+  from a sampled spectrum are one feature), divided by the G-band flux in e-/s,
+  10**(-0.4 (G - 25.6874)) (DR3 G zero point, Riello et al. 2021). The coefficients scale with the
+  star's brightness; the brightness is already in the G magnitude, so dividing by it leaves the
+  spectral *shape*, whose dynamic range is ~10 instead of ~10^5 and which a distance change leaves
+  untouched.
 * magnitudes per survey as published (Vega or AB, each survey's own system); parallax (mas),
   proper motions (mas/yr), E(B-V) (mag).
 * ``has_<group>``: booleans saying which groups are present (the validity mask).
@@ -34,6 +37,7 @@ import pyarrow.parquet as pq
 from specfm.io import atomic_path, write_json_atomic
 
 from . import columns as C
+from .xp import canonical_coefficients
 
 log = logging.getLogger("specfm.stars")
 
@@ -75,6 +79,22 @@ def _numeric(df: pd.DataFrame, cols: list[str], origin: str) -> pd.DataFrame:
     return block.mask(block.isin(C.SENTINELS))
 
 
+def canonical_xp(block: np.ndarray) -> np.ndarray:
+    """(n, 110) XP coefficients of any sample kind -> their canonical form, for rows with all 110.
+
+    The one place where library (recovered) and archive (Gaia's own) coefficients become the same
+    feature: every kind's raw chunk passes here. A row with only some coefficients (no archive
+    writes one) cannot be projected and keeps its values; it is not ``has_xp`` anyway.
+    """
+    full = np.isfinite(block).all(axis=1)
+    if full.all():
+        return canonical_coefficients(block)
+    block = np.array(block, dtype=np.float64)
+    if full.any():
+        block[full] = canonical_coefficients(block[full])
+    return block
+
+
 def features_from_raw(df: pd.DataFrame, origin: str = "raw") -> tuple[pd.DataFrame, dict]:
     """One raw chunk -> feature rows, plus counts {rows_in, rows_out, dropped_*}.
 
@@ -93,8 +113,8 @@ def features_from_raw(df: pd.DataFrame, origin: str = "raw") -> tuple[pd.DataFra
     df = df.loc[~dup].reset_index(drop=True)
 
     values = _numeric(df, C.FEATURES + C.LABELS + C.LABEL_ERRORS + ["ra", "dec"], origin)
-    g_flux = 10.0 ** (-0.4 * (values["phot_g_mean_mag"] - G_ZERO_POINT))
-    values[C.XP] = values[C.XP].div(g_flux, axis=0)
+    g_flux = 10.0 ** (-0.4 * (values["phot_g_mean_mag"].to_numpy() - G_ZERO_POINT))
+    values[C.XP] = canonical_xp(values[C.XP].to_numpy()) / g_flux[:, None]
     out = pd.DataFrame({"source_id": df["source_id"].astype("int64").to_numpy()})
     out["healpix"] = pd.to_numeric(df["healpix"]).astype("int64").to_numpy()
     out["ra"], out["dec"] = values["ra"].to_numpy(), values["dec"].to_numpy()
