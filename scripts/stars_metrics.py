@@ -1,4 +1,4 @@
-"""Rule entry point: held-out metrics (with and without XP) and the figures."""
+"""Rule entry point: held-out metrics (with and without XP, beside the trees) and the figures."""
 
 from specfm.logs import rule_logging
 from specfm.stars.products import FIGURES
@@ -6,5 +6,6 @@ from specfm.stars.steps import evaluate
 
 out = snakemake.output
 with rule_logging(snakemake.log[0]):
-    evaluate(snakemake.input.predictions, list(snakemake.input.features), list(snakemake.input.members),
-             out.metrics, {name: out[name] for name in FIGURES}, code_files=[__file__])
+    evaluate(snakemake.input.predictions, snakemake.input.baseline, list(snakemake.input.features),
+             list(snakemake.input.members), out.metrics, {name: out[name] for name in FIGURES},
+             code_files=[__file__])

@@ -43,6 +43,12 @@ def test_tiny_stars_chain_on_real_apogee_xp_stars(tiny_demo):
     spread = features.loc[features["split"] == "test", "teff"].std()
     assert teff["mae"] < 0.6 * spread, (teff, spread)  # learned something even in 5 tiny epochs
     assert result["scores"]["with_xp"]["age"]["n"] == 0
+    trees = pd.read_parquet(wf / "results/stars/apogee_xp_baseline.parquet")  # the LightGBM baseline
+    assert len(trees) == 3000 and trees["teff_p50_noxp"].notna().all() and trees["age_p50"].isna().all()
+    assert result["baseline"]["scores"]["with_xp"]["teff"]["mae"] < 0.6 * spread
+    assert result["fgk"]["n"] > 0 and 0 <= result["hot_tail"]["msa"]["with_xp"]["teff"]["share_of_mae"] <= 1
+    vs_trees = [r for r in result["headline"] if r["metric"].endswith("vs trees")]
+    assert len(vs_trees) == 6 and all(isinstance(r["met"], bool) and r["ratio"] > 0 for r in vs_trees)
     for name in FIGURES:
         png = wf / f"results/stars/figures/apogee_xp_{name}.png"
         assert png.stat().st_size > 10_000, name

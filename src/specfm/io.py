@@ -114,6 +114,27 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def write_frames_atomic(path: str | os.PathLike, frames) -> int:
+    """Stream DataFrames (one schema) into one zstd Parquet file, atomically; return the rows.
+    A row group per frame, so a catalogue of any size is never in memory at once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n_rows, writer = 0, None
+    with atomic_path(path) as tmp:
+        try:
+            for frame in frames:
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table)
+                n_rows += len(frame)
+        finally:
+            if writer is not None:
+                writer.close()
+    return n_rows
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     """Deterministic JSON (sorted keys, fixed indent, trailing newline), written atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"

@@ -23,7 +23,7 @@ SUFFIX = ".prov.json"
 SCHEMA_VERSION = 1
 # Distributions whose version changes numbers in our products.
 TRACKED_PACKAGES = ("specfm", "numpy", "scipy", "astropy", "pyarrow", "h5py", "torch", "matplotlib",
-                    "ppxf", "vorbin", "dust_extinction", "gaiaxpy", "pandas")
+                    "ppxf", "vorbin", "dust_extinction", "gaiaxpy", "pandas", "lightgbm")
 
 
 def record_path(product: str | Path) -> Path:

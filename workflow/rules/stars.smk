@@ -139,6 +139,28 @@ rule stars_predict:
         "../../scripts/stars_predict.py"
 
 
+rule stars_baseline:
+    """The classical baseline: LightGBM per label on the same features and training split, with
+    all features and with the XP columns left out -> its catalogue (compared in stars_metrics)."""
+    input:
+        features=stars_feature_files,
+    output:
+        with_prov("results/stars/{sample}_baseline.parquet"),
+    log:
+        "logs/stars/{sample}_baseline.log",
+    benchmark:
+        rule_bench("stars_baseline_{sample}"),
+    params:
+        settings=stars_baseline_settings,
+        seed=derived_seed("stars_baseline"),
+    threads: STARS["baseline"]["threads"]
+    resources:
+        mem_mb=STARS["baseline"]["mem_mb"],
+        runtime=STARS["baseline"]["runtime"],
+    script:
+        "../../scripts/stars_baseline.py"
+
+
 rule stars_bench:
     """Benchmarks: feature-build memory and throughput at stars.bench.rows replicated rows,
     pretraining rows/s and the stream's rows/s per worker count (also: python -m specfm.stars.bench)."""
@@ -166,9 +188,11 @@ rule stars_bench:
 
 
 rule stars_metrics:
-    """Held-out scores with and without XP (Table 4.1 layout) and the figures (Figs 4.1-4.7)."""
+    """Held-out scores with and without XP (Table 4.1 layout), beside the trees' and on the FGK
+    stars, the targets against the trees, and the figures (Figs 4.1-4.7 + MSA vs trees)."""
     input:
         predictions="results/stars/{sample}_predictions.parquet",
+        baseline="results/stars/{sample}_baseline.parquet",
         features=stars_feature_files,
         members=stars_members,
     output:

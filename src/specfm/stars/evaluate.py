@@ -30,20 +30,27 @@ TITLES = {"teff": r"$T_{\rm eff}$ [K]", "logg": r"$\log g$", "fe_h": "[Fe/H]",
           "alpha_fe": r"[$\alpha$/Fe]", "age": "age [Gyr]", "parallax_label": r"$\varpi$ [mas]"}
 
 
-def scores(pred: np.ndarray, true: np.ndarray, sigma_pred: np.ndarray, sigma_true: np.ndarray) -> dict:
+def point_scores(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Scores of point predictions (a model without uncertainties is scored by these alone)."""
     ok = np.isfinite(pred) & np.isfinite(true)
     n = int(ok.sum())
     if n == 0:
         return {"n": 0}
     r, t = pred[ok] - true[ok], true[ok]
-    err = np.sqrt(sigma_pred[ok] ** 2 + np.nan_to_num(sigma_true[ok]) ** 2)
-    z = r / err
     ss_tot = float(((t - t.mean()) ** 2).sum())
     return {"n": n, "bias": float(r.mean()), "rmse": float(np.sqrt((r**2).mean())),
             "sigma": float(r.std()), "mae": float(np.abs(r).mean()),
             "nmad": float(1.4826 * np.median(np.abs(r - np.median(r)))),
-            "r2": float(1 - (r**2).sum() / ss_tot) if ss_tot > 0 else None,
-            "zscore_mean": float(z.mean()), "zscore_std": float(z.std())}
+            "r2": float(1 - (r**2).sum() / ss_tot) if ss_tot > 0 else None}
+
+
+def scores(pred: np.ndarray, true: np.ndarray, sigma_pred: np.ndarray, sigma_true: np.ndarray) -> dict:
+    out = point_scores(pred, true)
+    if out["n"]:
+        ok = np.isfinite(pred) & np.isfinite(true)
+        z = (pred[ok] - true[ok]) / np.sqrt(sigma_pred[ok] ** 2 + np.nan_to_num(sigma_true[ok]) ** 2)
+        out.update({"zscore_mean": float(z.mean()), "zscore_std": float(z.std())})
+    return out
 
 
 def joined_test(predictions: pd.DataFrame, features) -> pd.DataFrame:
@@ -196,11 +203,11 @@ def reconstruction_figure(residuals: dict, out) -> None:
 
 
 def write_figures(test: pd.DataFrame, member_path, features, outs: dict) -> None:
-    """outs: each of products.FIGURES -> a PNG path."""
-    from .products import FIGURES
+    """outs: each of products.MSA_FIGURES -> a PNG path."""
+    from .products import MSA_FIGURES
 
-    if set(outs) != set(FIGURES):
-        raise ValueError(f"stars figures: expected paths for {sorted(FIGURES)}, got {sorted(outs)}")
+    if set(outs) != set(MSA_FIGURES):
+        raise ValueError(f"stars figures: expected paths for {sorted(MSA_FIGURES)}, got {sorted(outs)}")
     residual_figure(test, outs["residuals"])
     relation_figure(test, outs["kiel"], "teff", "logg", "fe_h", "Kiel diagram", invert="xy")
     relation_figure(test, outs["alpha_fe"], "fe_h", "alpha_fe", None, r"[$\alpha$/Fe] vs [Fe/H]")

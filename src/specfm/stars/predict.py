@@ -15,11 +15,10 @@ import logging
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from specfm.io import atomic_path
+from specfm.io import write_frames_atomic
 
 from . import columns as C
 from .features import feature_files
@@ -61,53 +60,44 @@ def trained_labels(meta: dict) -> np.ndarray:
     return np.array([meta["scaling"][c]["n"] > 0 for c in C.LABELS])
 
 
+def _member_catalogue(members, frame: pd.DataFrame, trained: np.ndarray, batch: int) -> pd.DataFrame:
+    """One row group's catalogue: every member with all inputs and with XP hidden, combined."""
+    idx = {c: i for i, c in enumerate(C.FEATURES)}
+    hide_xp, hide_plx = [idx[c] for c in C.XP], [idx["parallax"]]
+    plx = C.LABELS.index("parallax_label")
+    x = frame[C.FEATURES].to_numpy(np.float32, copy=True)
+    cat = frame[["source_id", "ra", "dec", "split"]].copy()
+    flags = np.where(frame["has_xp"], 0, FLAG_NO_XP) \
+        | np.where(np.isfinite(frame["parallax"]), 0, FLAG_NO_PARALLAX)
+    for suffix, hide in (("", []), ("_noxp", hide_xp)):
+        qs = np.stack([member_quantiles(m, x, hide, batch) for m, _ in members])
+        q_plx = np.stack([member_quantiles(m, x, hide + hide_plx, batch)[:, plx] for m, _ in members])
+        qs[:, :, plx] = q_plx
+        comb = combine(qs)
+        for k in comb:
+            comb[k][:, ~trained] = np.nan
+        for j, label in enumerate(C.LABELS):
+            for k, v in comb.items():
+                cat[f"{label}_{k}{suffix}"] = v[:, j].astype(np.float32)
+        if suffix == "":
+            sigma = (comb["p84"] - comb["p16"]) / 2
+            disagree = np.nan_to_num(comb["ens_std"] > sigma, nan=False).any(axis=1)
+            flags = flags | np.where(disagree, FLAG_DISAGREE, 0)
+    cat["flags"] = flags.astype(np.int16)
+    return cat
+
+
 def predict_catalogue(features, member_paths, out, *, batch: int = 8192) -> dict:
     """Stream the feature partitions row group by row group through every member; write `out`."""
     members = [load_msa(p) for p in member_paths]
     if not members:
         raise ValueError("no ensemble members given")
     trained = trained_labels(members[0][1])
-    idx = {c: i for i, c in enumerate(C.FEATURES)}
-    hide_xp = [idx[c] for c in C.XP]
-    hide_plx = [idx["parallax"]]
-    plx = C.LABELS.index("parallax_label")
-    n_rows, writer = 0, None
     # one open file at a time: a full-sky sample has 12,288 partitions
-    groups = ((pf, g) for path in feature_files(features)
+    columns = ["source_id", "ra", "dec", "split", *C.FEATURES, "has_xp"]
+    frames = (pf.read_row_group(g, columns=columns).to_pandas() for path in feature_files(features)
               for pf in (pq.ParquetFile(path),) for g in range(pf.num_row_groups))
-    with atomic_path(out) as tmp:
-        try:
-            for pf, g in groups:
-                frame = pf.read_row_group(g, columns=["source_id", "ra", "dec", "split", *C.FEATURES,
-                                                      "has_xp"]).to_pandas()
-                x = frame[C.FEATURES].to_numpy(np.float32, copy=True)
-                cat = frame[["source_id", "ra", "dec", "split"]].copy()
-                flags = np.where(frame["has_xp"], 0, FLAG_NO_XP) \
-                    | np.where(np.isfinite(frame["parallax"]), 0, FLAG_NO_PARALLAX)
-                for suffix, hide in (("", []), ("_noxp", hide_xp)):
-                    qs = np.stack([member_quantiles(m, x, hide, batch) for m, _ in members])
-                    q_plx = np.stack([member_quantiles(m, x, hide + hide_plx, batch)[:, plx]
-                                      for m, _ in members])
-                    qs[:, :, plx] = q_plx
-                    comb = combine(qs)
-                    for k in comb:
-                        comb[k][:, ~trained] = np.nan
-                    for j, label in enumerate(C.LABELS):
-                        for k, v in comb.items():
-                            cat[f"{label}_{k}{suffix}"] = v[:, j].astype(np.float32)
-                    if suffix == "":
-                        sigma = (comb["p84"] - comb["p16"]) / 2
-                        disagree = np.nan_to_num(comb["ens_std"] > sigma, nan=False).any(axis=1)
-                        flags = flags | np.where(disagree, FLAG_DISAGREE, 0)
-                cat["flags"] = flags.astype(np.int16)
-                table = pa.Table.from_pandas(cat, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-                writer.write_table(table)
-                n_rows += len(cat)
-        finally:
-            if writer is not None:
-                writer.close()
+    n_rows = write_frames_atomic(out, (_member_catalogue(members, f, trained, batch) for f in frames))
     log.info("predicted %d stars with %d members -> %s (labels without training values: %s)",
              n_rows, len(members), out, [c for c, t in zip(C.LABELS, trained) if not t])
     return {"rows": n_rows, "members": len(members),

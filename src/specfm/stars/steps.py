@@ -23,7 +23,9 @@ FEATURE_CODE = ["specfm.stars.columns", "specfm.stars.features", "specfm.stars.g
 # The whole training package, as every stage lists it: seeding decides initial weights too.
 MODEL_CODE = [*FEATURE_CODE, "specfm.stars.model", "specfm.stars.training", "specfm.train"]
 PREDICT_CODE = [*MODEL_CODE, "specfm.stars.predict"]
-EVAL_CODE = [*PREDICT_CODE, "specfm.stars.evaluate"]
+BASELINE_CODE = [*FEATURE_CODE, "specfm.stars.baseline"]
+EVAL_CODE = [*PREDICT_CODE, "specfm.stars.baseline", "specfm.stars.evaluate",
+             "specfm.stars.compare"]
 
 
 def _named(prefix: str, paths) -> dict:
@@ -128,40 +130,37 @@ def predict(features, members: list[str], out, *, code_files=()) -> dict:
     return info
 
 
-# The thesis's MAE on its 220-million-star run (McKay 2025, Table 4.1), per label.
-THESIS_MAE = {"teff": 92.0, "logg": 0.075, "fe_h": 0.090}
+def baseline(features, out, *, settings: dict, seed: int, threads: int, code_files=()) -> dict:
+    """The gradient-boosted-tree catalogue (with and without XP) the ensemble is compared with."""
+    from .baseline import baseline_catalogue
+
+    info = baseline_catalogue(features, out, settings=settings, seed=seed, threads=threads)
+    provenance.write(out, inputs=_named("features", features), params=settings, seed=seed,
+                     code=BASELINE_CODE, code_files=code_files, step="stars_baseline")
+    return info
 
 
-def headline(scores: dict) -> list[dict]:
-    """The report's rows: test-split MAE with XP against the thesis, and with XP hidden."""
-    rows = []
-    for label, thesis in THESIS_MAE.items():
-        with_xp, without = scores["with_xp"].get(label, {}), scores["without_xp"].get(label, {})
-        if with_xp.get("n"):
-            rows.append({"metric": f"{label} MAE (with XP)", "value": with_xp["mae"],
-                         "reference": "thesis", "reference_value": thesis, "target": None})
-        if without.get("n"):
-            rows.append({"metric": f"{label} MAE (XP hidden)", "value": without["mae"],
-                         "reference": "with XP", "reference_value": with_xp.get("mae"), "target": None})
-    return rows
-
-
-def evaluate(predictions, features, members: list[str], metrics_out, figures: dict, *,
+def evaluate(predictions, trees, features, members: list[str], metrics_out, figures: dict, *,
              code_files=()) -> dict:
+    """Scores of the ensemble and of the trees on the test split (and its FGK stars), the
+    headline with issue 15's targets, the figures."""
+    from .compare import comparison, comparison_figure, target_rows, with_trees
     from .evaluate import joined_test, metrics, write_figures
     from .predict import read_predictions
     from .training import saved_summary
 
-    test = joined_test(read_predictions(predictions), features)
+    test = with_trees(joined_test(read_predictions(predictions), features), read_predictions(trees))
     result = {"split": "test (blake2b hash of source_id, 10 %)", "n_test": len(test),
-              "members": len(members), "scores": metrics(test),
+              "members": len(members), "scores": metrics(test), **comparison(test),
               "training": {Path(m).stem: {k: saved_summary(m)[k] for k in
                                           ("epochs_run", "best_epoch", "best_val_loss",
                                            "rows_per_second", "seconds")} for m in members}}
-    result["headline"] = headline(result["scores"])
+    result["headline"] = target_rows(result["scores"], result["baseline"]["scores"], result["fgk"]["msa"])
     write_json_atomic(metrics_out, result)
-    write_figures(test, members[0], features, figures)
-    inputs = {"predictions": predictions, **_named("features", features)}
+    msa_figures = {k: v for k, v in figures.items() if k != "baseline"}
+    comparison_figure(result, figures["baseline"])
+    write_figures(test, members[0], features, msa_figures)
+    inputs = {"predictions": predictions, "baseline": trees, **_named("features", features)}
     for out in (metrics_out, *figures.values()):
         provenance.write(out, inputs=inputs, code=EVAL_CODE, code_files=code_files,
                          step="stars_metrics")

@@ -92,6 +92,11 @@ def stars_members(wildcards):
     return [f"results/models/stars/{trained}_member{m}.pt" for m in range(STARS["ensemble_size"])]
 
 
+def stars_baseline_settings(wildcards):
+    """The trees' model settings (threads and resources stay out: they must not retrain)."""
+    return {k: v for k, v in STARS["baseline"].items() if k not in ("threads", "mem_mb", "runtime")}
+
+
 def stars_stage_settings(stage):
     """Only what changes the model (resources stay out: a new wall time must not retrain)."""
     return {"arch": STARS["model"], "train": STARS[stage]}
