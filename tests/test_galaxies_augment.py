@@ -68,3 +68,37 @@ def test_test_splits_stay_the_papers(pair, split):
     plain, aug = (load_split(p, split, FIELDS) for p in pair)
     np.testing.assert_array_equal(plain["spectra"], aug["spectra"])
     assert not aug["vel_kms"].any() and not aug["sigma_kms"].any() and not aug["tilt"].any()
+
+
+def test_av_estimates_mode_and_mean_by_hand():
+    import torch
+
+    from specfm.galaxies.training import av_from_logits
+
+    levels = torch.tensor([0.0, 0.1, 0.2])
+    logits = torch.log(torch.tensor([[0.5, 0.5, 1e-12], [0.1, 0.2, 0.7]]))
+    assert av_from_logits(logits, levels, "mode").tolist() == pytest.approx([0.0, 0.2])
+    assert av_from_logits(logits, levels, "mean").tolist() == pytest.approx([0.05, 0.16])
+    with pytest.raises(ValueError, match="median"):
+        av_from_logits(logits, levels, "median")
+
+
+def test_predict_uses_the_models_own_av_estimate():
+    import torch
+
+    from specfm.galaxies.model import GalProTE, GalProTEConfig
+    from specfm.galaxies.training import predict
+    from test_galaxies_model import TINY_ARCH
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(1.0, 0.05, (4, 876)).astype(np.float32)
+    levels = np.round(np.linspace(0.0, 1.5, 16), 6)
+    outs = {}
+    for how in ("mode", "mean"):
+        torch.manual_seed(0)
+        cfg = GalProTEConfig(n_z=3, n_age=4, av_estimate=how, **TINY_ARCH)
+        model = GalProTE(cfg, np.linspace(8, 10, 4), np.linspace(-1, 0.2, 3), levels).eval()
+        outs[how] = predict(model, x)[1]
+    off_level = lambda a: np.abs(a[:, None] - levels[None, :]).min(axis=1)  # noqa: E731
+    assert (off_level(outs["mode"]) < 1e-6).all()
+    assert (off_level(outs["mean"]) > 1e-4).all()  # continuous, between the levels

@@ -67,6 +67,7 @@ class GalProTEConfig:
     head_hidden: int = 0  # 0: the heads are single linear layers (the paper)
     readout: str = "flatten"  # block output: "flatten" all tokens [T*C] or "mean" over tokens [C]
     attention: str = "global"  # the block's context: "global" (one token), "patch" tokens, "none" (ablation)
+    av_estimate: str = "mode"  # A_V from the class head: "mode" (the paper) or "mean" (specfm.galaxies.training.predict)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
