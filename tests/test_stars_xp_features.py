@@ -31,7 +31,7 @@ def stars():
     rng = np.random.default_rng(11)
     design = xp.gaiaxpy_design()
     truth, _, norms = well_determined(design, rng, N)
-    truth *= (10 ** rng.uniform(3, 6, N) / truth[:, 0])[:, None]  # BP_0 of G ~ 10-17 stars, in e-/s
+    truth *= (10 ** rng.uniform(3, 6, N) / truth[:, 0])[:, None]  # BP_0 of G ~ 11-18 stars, in e-/s
     g = G_ZERO_POINT - 2.5 * np.log10(truth[:, 0] * rng.uniform(0.8, 1.2, N))  # G flux ~ BP_0, as for real stars
     archive = truth + near_null(rng, truth, norms, JUNK)
     flux = xp.coefficients_to_flux(archive, design)
