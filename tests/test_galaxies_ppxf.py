@@ -281,8 +281,12 @@ def test_benchmark_cli_writes_the_speed_record(toy, tmp_path):
     (tmp_path / "bench").mkdir()
     assert bench.main(["--model", str(tmp_path / "model.pt"), "--templates", str(tmp_path / "templates.h5"),
                        "--bins", str(tmp_path / "bins.h5"), "--out", str(out), "--n-ppxf", "2",
-                       "--batch-size", "8", "--n-model", "16"]) == 0
+                       "--batch-size", "8", "--n-model", "16", "--variants", "eager", "onnx"]) == 0
     rec = json.loads(out.read_text())
+    assert rec["model"]["backend"] == "onnx" and rec["model_eager"]["n_spectra"] == 16
+    assert rec["speed_ratio_eager"] == pytest.approx(rec["ppxf_seconds_per_spectrum"] /
+                                                     rec["model_eager"]["seconds_per_spectrum"])
+    assert set(rec["variants"]) == {"eager", "onnx"} and rec["variants"]["onnx"]["accuracy"]["within_tolerance"]
     assert rec["model"]["n_spectra"] == 16 and rec["ppxf"]["n_spectra"] == 2 and rec["ppxf"]["n_failed"] == 0
     assert rec["speed_ratio"] == pytest.approx(rec["ppxf_seconds_per_spectrum"] / rec["model_seconds_per_spectrum"])
     assert rec["projection"]["model_seconds"] == pytest.approx(65000 * rec["model_seconds_per_spectrum"])

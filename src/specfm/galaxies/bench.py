@@ -16,6 +16,12 @@ compares numbers from different machines; here both are timed in one process:
   bin list (the S/N and the population mix vary across a galaxy), one process; seconds per spectrum
   = mean wall time of the two fits of a bin.
 
+* inference variants (`fast_inference`): each backend (eager, ONNX Runtime, int8 dynamic quantisation,
+  bf16 autocast, torch.compile) on the same spectra, with its accuracy against eager and its seconds
+  per spectrum over thread counts and batch sizes (``variants``). The headline ``model`` timing is the
+  full predict path (clipping and A_V included) of ``backend``, the one the maps rule runs
+  (``galaxies.inference.backend``); ``model_eager`` is `training.predict`'s, timed the same way.
+
 The ratio is pPXF / model, and the projection is the time for 65,000 bins (NGC 4254's size) at the
 measured rates. Run as ``python -m specfm.galaxies.bench --model M --templates T --bins B --out J``.
 """
@@ -60,7 +66,7 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "ppxf", "numpy", "scipy"):
+    for pkg in ("torch", "ppxf", "numpy", "scipy", "onnxruntime", "onnx"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -93,17 +99,34 @@ def time_model(model, spectra, *, batch_size: int = 256, n_model: int | None = N
             "total_seconds": total, "batch_size": int(batch_size)}
 
 
+def _cycled(spectra, n_model: int | None) -> np.ndarray:
+    spectra = np.asarray(spectra, dtype=np.float32)
+    n = spectra.shape[0] if n_model is None else int(n_model)
+    return spectra[np.arange(n) % spectra.shape[0]]
+
+
+def _backend_predict(model, backend: str, threads: int, batch_size: int):
+    """``predict_fn`` of `time_model` for ``backend``, its runner built once (export/compile not timed)."""
+    from .fast_inference import finish, run_batches, runner
+
+    run = runner(model, backend, threads=threads, batch_size=batch_size)
+    return lambda m, spectra, bs: finish(m, *run_batches(run, spectra, bs))
+
+
 def benchmark_speed(model, templates: TemplateGrid, bins: Bins, *, n_ppxf: int = 20, batch_size: int = 256,
                     n_model: int | None = None, predict_fn=None, min_seconds: float = 2.0, degree: int = 12,
-                    threads: int | None = None, progress: bool = False) -> dict:
+                    threads: int | None = None, progress: bool = False, backend: str = "eager",
+                    variants=()) -> dict:
     """Time the model and pPXF on ``bins`` (module docstring); returns the JSON-ready record.
 
     ``model``: a GalProTE module (or any module ``predict_fn`` accepts); ``n_model``: spectra for the
     model timing (default all bins; more cycles through them). ``threads``: torch threads (default
-    the available cores).
+    the available cores). ``backend``: the headline inference path (`fast_inference`; ignored when
+    ``predict_fn`` is given); ``variants``: backends swept and checked against eager (none: no sweep).
     """
     import torch
 
+    from .fast_inference import benchmark_variants, cpu_features, fastest_accurate
     from .ppxf_fit import fit_bins
 
     cores = available_cores()
@@ -112,9 +135,22 @@ def benchmark_speed(model, templates: TemplateGrid, bins: Bins, *, n_ppxf: int =
         device = str(next(model.parameters()).device)
     except (AttributeError, StopIteration):
         device = "cpu"
+    extra = {}
+    if variants:
+        extra["variants"] = benchmark_variants(model, _cycled(bins.spectra, n_model), backends=tuple(variants),
+                                               cores=torch.get_num_threads(), batch_size=batch_size,
+                                               min_seconds=min_seconds / 2)
+        extra["fastest_within_tolerance"] = fastest_accurate(extra["variants"])
+        extra["cpu"] = cpu_features()
+    custom = predict_fn is not None
+    if not custom and backend != "eager":
+        predict_fn = _backend_predict(model, backend, torch.get_num_threads(), batch_size)
+        extra["model_eager"] = time_model(model, bins.spectra, batch_size=batch_size, n_model=n_model,
+                                          min_seconds=min_seconds)
     m = time_model(model, bins.spectra, batch_size=batch_size, n_model=n_model, min_seconds=min_seconds,
                    predict_fn=predict_fn)
-    log.info("model: %.3g s per spectrum (%d spectra x %d, batch %d, %d torch threads, %s)",
+    m["backend"] = "custom" if custom else backend
+    log.info("model (%s): %.3g s per spectrum (%d spectra x %d, batch %d, %d torch threads, %s)", m["backend"],
              m["seconds_per_spectrum"], m["n_spectra"], m["repeats"], batch_size, torch.get_num_threads(), device)
 
     k = int(min(max(n_ppxf, 1), bins.n_bins))
@@ -139,6 +175,8 @@ def benchmark_speed(model, templates: TemplateGrid, bins: Bins, *, n_ppxf: int =
         "model_seconds_per_spectrum": s_m,
         "ppxf_seconds_per_spectrum": s_p,
         "speed_ratio": s_p / s_m,
+        **({"speed_ratio_eager": s_p / extra["model_eager"]["seconds_per_spectrum"]} if "model_eager" in extra else {}),
+        **extra,
         "projection": {"n_bins": PROJECTION_BINS, "galaxy": "NGC4254 (64,985 bins in the paper)",
                        "model_seconds": PROJECTION_BINS * s_m, "ppxf_seconds": PROJECTION_BINS * s_p},
         "paper": PAPER,
@@ -158,6 +196,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--n-model", type=int, default=None)
     ap.add_argument("--degree", type=int, default=12)
+    ap.add_argument("--backend", default="onnx", help="headline inference path: eager, onnx, int8, bf16, compile")
+    ap.add_argument("--variants", nargs="*", default=["eager", "onnx", "int8", "bf16", "compile"],
+                    help="backends swept and checked against eager (none: no sweep)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -169,7 +210,8 @@ def main(argv=None) -> int:
 
     model, _ = load_galprote(args.model)
     result = benchmark_speed(model, read_template_table(args.templates), read_bins(args.bins), n_ppxf=args.n_ppxf,
-                             batch_size=args.batch_size, n_model=args.n_model, degree=args.degree)
+                             batch_size=args.batch_size, n_model=args.n_model, degree=args.degree,
+                             backend=args.backend, variants=args.variants)
     result["inputs"] = {"model": args.model, "templates": args.templates, "bins": args.bins}
     write_json_atomic(args.out, result)
     log.info("wrote %s: model %.3g s, pPXF %.3g s per spectrum, ratio %.0f", args.out,

@@ -1,0 +1,247 @@
+"""Faster CPU inference of a trained GalProTE, checked against the eager reference (issue 13, part 2).
+
+`training.predict` (eager PyTorch, BatchNorm folded) is the reference. The backends here run the same
+folded network another way; `predict` is what the maps and single-spectrum steps call, with the backend
+from config (``galaxies.inference``):
+
+* ``eager``: `training.predict` itself;
+* ``onnx`` (default): the folded network exported once with the TorchScript ONNX exporter
+  (``dynamo=False``: the dynamo exporter needs onnxscript) and run by ONNX Runtime, which fuses
+  conv + ReLU and the encoder's matrix products. Same float32 arithmetic, reordered: outputs agree with
+  eager to ~1e-6;
+* ``int8``: `torch.ao.quantization.quantize_dynamic` of the Linear layers (the 876 x 876 contexts, the
+  encoders, the heads); the convolutions stay float;
+* ``bf16``: CPU autocast to bfloat16 (slow where the CPU has no native bf16, e.g. AVX-512 without
+  AVX512_BF16: the bench records which);
+* ``compile``: `torch.compile` (inductor; needs a C compiler; the first call compiles for a minute).
+
+Tolerance (`TOLERANCE`): a backend may replace eager only if, on the same spectra, >= 99 % of them have
+light-weighted log age and [M/H] within 0.005 dex of eager's and the same A_V class. 0.005 dex is ~1/20
+of the model's scatter against the mock truth (~0.1 dex), so maps are unchanged within their noise; the
+1 % allows for grid cells sitting exactly at the 5 % clipping threshold, where a 1e-6 change flips a cell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from .model import GalProTE, clip_grid, fused_for_inference
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "onnx", "int8", "bf16", "compile")
+DEFAULT_BACKEND = "onnx"
+TOLERANCE = {"dex": 0.005, "min_fraction": 0.99}
+
+
+# ------------------------------------------------------------------------------------ runners
+
+
+def _torch_runner(net, threads: int | None, autocast: bool = False, pad_to: int | None = None):
+    """numpy batch -> raw (weights, av_logits) numpy, with torch's thread count set for the call."""
+    def run(x: np.ndarray):
+        old = torch.get_num_threads()
+        torch.set_num_threads(int(threads or old))
+        n = x.shape[0]
+        if pad_to and n < pad_to:  # compiled graphs: one static shape, no recompilation for the last batch
+            x = np.concatenate([x, np.repeat(x[-1:], pad_to - n, axis=0)])
+        try:
+            with torch.inference_mode(), (torch.autocast("cpu", dtype=torch.bfloat16) if autocast
+                                          else contextlib.nullcontext()):
+                w, logits = net(torch.from_numpy(x))
+        finally:
+            torch.set_num_threads(old)
+        return w.float().numpy()[:n], logits.float().numpy()[:n]
+    return run
+
+
+def onnx_bytes(model: GalProTE) -> bytes:
+    """The BatchNorm-folded network as an ONNX model (batch axis dynamic)."""
+    net = fused_for_inference(model).cpu()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated in favour of dynamo (needs onnxscript)
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.ones(2, model.cfg.n_pix),), buf, dynamo=False, opset_version=17,
+                          input_names=["spectra"], output_names=["weights", "av_logits"],
+                          dynamic_axes={"spectra": {0: "n"}, "weights": {0: "n"}, "av_logits": {0: "n"}})
+    return buf.getvalue()
+
+
+def _onnx_runner(model: GalProTE, threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(onnx_bytes(model), opts, providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray):
+        w, logits = session.run(None, {"spectra": np.ascontiguousarray(x, dtype=np.float32)})
+        return w, logits
+    return run
+
+
+def runner(model: GalProTE, backend: str = DEFAULT_BACKEND, *, threads: int | None = None, batch_size: int = 256):
+    """A function numpy spectra batch [b, L] -> raw (weights [b, n_Z, n_age], A_V logits [b, n_av]).
+
+    Built once (export, quantisation, compilation happen here or on the first call); ``threads``:
+    intra-op threads (default: torch's current count)."""
+    model = model.cpu().eval()
+    if backend == "onnx":
+        return _onnx_runner(model, threads)
+    if backend == "eager":
+        return _torch_runner(fused_for_inference(model), threads)
+    if backend == "int8":
+        with warnings.catch_warnings():  # torch.ao quantisation is deprecated in favour of torchao (not a dependency)
+            warnings.simplefilter("ignore")
+            net = torch.ao.quantization.quantize_dynamic(fused_for_inference(model), {torch.nn.Linear}, torch.qint8)
+        return _torch_runner(net, threads)
+    if backend == "bf16":
+        return _torch_runner(fused_for_inference(model), threads, autocast=True)
+    if backend == "compile":
+        return _torch_runner(torch.compile(fused_for_inference(model), dynamic=False), threads, pad_to=batch_size)
+    raise ValueError(f"GalProTE inference backend {backend!r}: expected one of {BACKENDS}")
+
+
+def run_batches(run, spectra, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Raw outputs of ``run`` over ``spectra`` [N, L] in batches."""
+    spectra = np.asarray(spectra, dtype=np.float32)
+    outs = [run(spectra[lo:lo + batch_size]) for lo in range(0, spectra.shape[0], batch_size)]
+    if not outs:
+        raise ValueError("no spectra to predict")
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def finish(model: GalProTE, weights, av_logits, *, frac: float = 0.05, av: str | None = None):
+    """Raw outputs -> (clipped weights, A_V in mag), as `training.predict` returns them."""
+    from .training import av_from_logits
+
+    av = model.cfg.av_estimate if av is None else av
+    w = clip_grid(torch.from_numpy(np.asarray(weights, np.float32)), frac).float().numpy()
+    a = av_from_logits(torch.from_numpy(np.asarray(av_logits, np.float32)), model.av_levels.cpu(), av)
+    return w, a.float().numpy()
+
+
+def predict(model: GalProTE, spectra, batch_size: int | None = 256, *, frac: float = 0.05, av: str | None = None,
+            backend: str = DEFAULT_BACKEND, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`training.predict` through ``backend`` (module docstring); ``eager`` is `training.predict` itself."""
+    if backend == "eager":
+        from .training import predict as eager_predict
+
+        return eager_predict(model, spectra, int(batch_size or 256), frac=frac, av=av)
+    batch_size = int(batch_size or 256)
+    spectra = np.asarray(spectra, dtype=np.float32)
+    if spectra.shape[0] == 0:
+        return np.zeros((0, model.cfg.n_z, model.cfg.n_age), np.float32), np.zeros(0, np.float32)
+    run = runner(model, backend, threads=threads, batch_size=batch_size)
+    return finish(model, *run_batches(run, spectra, batch_size), frac=frac, av=av)
+
+
+# ------------------------------------------------------------------------------------ accuracy
+
+
+def compare(model: GalProTE, ref: tuple, got: tuple, *, frac: float = 0.05) -> dict:
+    """Differences of raw outputs ``got`` from ``ref`` (each (weights, A_V logits)) and of what the maps
+    show: light-weighted log age / [M/H] (after clipping) and the A_V class."""
+    from .training import light_weighted
+
+    log_age, mh = model.log_age.cpu().numpy(), model.mh.cpu().numpy()
+    (w0, l0), (w1, l1) = ref, got
+    a0, m0 = light_weighted(clip_grid(w0, frac), log_age, mh)
+    a1, m1 = light_weighted(clip_grid(w1, frac), log_age, mh)
+    da, dm = np.abs(a1 - a0), np.abs(m1 - m0)
+    same_av = np.argmax(l0, axis=1) == np.argmax(l1, axis=1)
+    ok = (da <= TOLERANCE["dex"]) & (dm <= TOLERANCE["dex"]) & same_av
+    d_w, d_l = np.abs(np.asarray(w1, float) - w0), np.abs(np.asarray(l1, float) - l0)
+    return {"weights_max": float(d_w.max()), "weights_mean": float(d_w.mean()),
+            "av_logits_max": float(d_l.max()), "av_logits_mean": float(d_l.mean()),
+            "log_age_max": float(da.max()), "log_age_mean": float(da.mean()),
+            "mh_max": float(dm.max()), "mh_mean": float(dm.mean()),
+            "av_class_agree": float(same_av.mean()), "fraction_within": float(ok.mean()),
+            "n_spectra": int(len(ok)), "within_tolerance": bool(ok.mean() >= TOLERANCE["min_fraction"])}
+
+
+def check(model: GalProTE, spectra, backend: str, *, threads: int | None = None, batch_size: int = 256,
+          frac: float = 0.05) -> dict:
+    """`compare` of ``backend`` against eager on ``spectra``."""
+    ref = run_batches(runner(model, "eager"), spectra, batch_size)
+    got = run_batches(runner(model, backend, threads=threads, batch_size=batch_size), spectra, batch_size)
+    return compare(model, ref, got, frac=frac)
+
+
+# ------------------------------------------------------------------------------------ timing
+
+
+def sweep_settings(backend: str, *, cores: int, batch_size: int = 256, batch_sizes=(64, 256, 1024)) -> list[tuple]:
+    """(threads, batch size) pairs timed per backend: threads 1..cores at ``batch_size`` and the batch
+    sizes at all cores; one setting for bf16 and compile (each costs more to set up than it can win)."""
+    if backend in ("bf16", "compile"):
+        return [(cores, batch_size)]
+    pairs = [(t, batch_size) for t in sorted({1, cores})] + [(cores, b) for b in batch_sizes]
+    return list(dict.fromkeys(pairs))
+
+
+def benchmark_variants(model: GalProTE, spectra, *, backends=BACKENDS, cores: int = 1, batch_size: int = 256,
+                       min_seconds: float = 1.0, frac: float = 0.05) -> dict:
+    """Per backend: build seconds, the accuracy against eager (`check`) and seconds per spectrum at each
+    `sweep_settings` pair, or the error that stopped it (e.g. no C compiler for ``compile``)."""
+    from .bench import time_model
+
+    spectra = np.asarray(spectra, dtype=np.float32)
+    ref = run_batches(runner(model, "eager"), spectra, batch_size)
+    out = {}
+    for backend in backends:
+        rec = {"timings": []}
+        try:
+            t0 = time.perf_counter()
+            run = runner(model, backend, threads=cores, batch_size=batch_size)
+            run(spectra[:batch_size])  # compile / first-call costs land here
+            rec["build_seconds"] = time.perf_counter() - t0
+            rec["accuracy"] = compare(model, ref, run_batches(run, spectra, batch_size), frac=frac)
+            for threads, bs in sweep_settings(backend, cores=cores, batch_size=batch_size):
+                run = runner(model, backend, threads=threads, batch_size=bs) if backend != "compile" else run
+                rec["timings"].append({"threads": threads, **time_model(
+                    model, spectra, batch_size=bs, min_seconds=min_seconds,
+                    predict_fn=lambda _m, x, b, run=run: run_batches(run, x, b))})
+            best = min(rec["timings"], key=lambda r: r["seconds_per_spectrum"])
+            rec["best"] = best
+            log.info("%s: best %.3g ms per spectrum (threads %d, batch %d), within tolerance: %s", backend,
+                     1e3 * best["seconds_per_spectrum"], best["threads"], best["batch_size"],
+                     rec["accuracy"]["within_tolerance"])
+        except Exception as exc:  # a backend that cannot run here is a result, not a failed benchmark
+            rec["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            log.warning("%s: %s", backend, rec["error"])
+        out[backend] = rec
+    return out
+
+
+def fastest_accurate(variants: dict) -> str | None:
+    """The backend with the lowest best seconds per spectrum among those within `TOLERANCE`."""
+    ok = {k: v["best"]["seconds_per_spectrum"] for k, v in variants.items()
+          if "best" in v and v.get("accuracy", {}).get("within_tolerance")}
+    return min(ok, key=ok.get) if ok else None
+
+
+def cpu_features() -> dict:
+    """What decides bf16 and int8 speed: native bf16 (AVX512_BF16 / AMX) and VNNI."""
+    flags = set()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return {"capability": torch.backends.cpu.get_cpu_capability(),
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "avx512_vnni": "avx512_vnni" in flags}
+
+
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "TOLERANCE", "benchmark_variants", "check", "compare", "cpu_features",
+           "fastest_accurate", "finish", "onnx_bytes", "predict", "run_batches", "runner", "sweep_settings"]
