@@ -220,6 +220,7 @@ rule galaxies_predict:
         rule_bench("galaxies_predict_{galaxy}"),
     params:
         clip_frac=GAL["clip_frac"],
+        inference=galaxies_inference(),
     threads: 2
     resources:
         gpu=train_resources("galaxies", "gpu"),
@@ -323,6 +324,8 @@ rule galaxies_bench:
     params:
         n_ppxf=GAL["bench"]["n_ppxf"],
         degree=GAL["ppxf"]["degree"],
+        inference=galaxies_inference(),
+        variants=GAL["bench"]["variants"],
     threads: 2
     resources:
         mem_mb=8000,

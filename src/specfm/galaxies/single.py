@@ -292,14 +292,16 @@ PPXF_COLUMNS = ("ppxf_log_age", "ppxf_mh", "ppxf_av", "ppxf_resid_mean", "ppxf_r
 
 
 def predict_table(spectra: list[Spectrum], redshifts, model, templates, *, clip_frac: float = 0.05,
-                  ppxf_degree: int | None = None, **prepare_kw) -> dict:
+                  ppxf_degree: int | None = None, inference: dict | None = None, **prepare_kw) -> dict:
     """One row per spectrum (``COLUMNS``; with ``ppxf_degree``, also the pPXF baseline's ``PPXF_COLUMNS``
     on the same preprocessed spectra and templates). log_age in log10(yr), mh in dex, av in mag;
-    resid_* over the 876 kept, median-normalised pixels (input - reconstruction)."""
-    from .training import light_weighted, predict, reconstruct
+    resid_* over the 876 kept, median-normalised pixels (input - reconstruction). ``inference``:
+    `fast_inference.predict` keywords (backend, threads, batch_size; None: its defaults)."""
+    from .fast_inference import predict
+    from .training import light_weighted, reconstruct
 
     bins = prepare(spectra, redshifts, wave_out=templates.wave, **prepare_kw)
-    weights, av = predict(model, bins.spectra, frac=clip_frac)
+    weights, av = predict(model, bins.spectra, frac=clip_frac, **(inference or {}))
     log_age, mh = light_weighted(weights, templates.log_age, templates.mh)
     resid = bins.spectra - reconstruct(templates, weights, av)
     table = {

@@ -178,19 +178,22 @@ def ablation_summary(variant_metrics: dict, out: str | Path, *, chosen: str, bud
 
 
 def model_maps(bins_path: str | Path, model_path: str | Path, templates_path: str | Path, out: str | Path, *,
-               clip_frac: float, code_files=()) -> dict:
-    """Per-bin GalProTE grids -> LOGAGE / MH / AV / residual maps (FITS with the cube's WCS)."""
+               clip_frac: float, inference: dict | None = None, code_files=()) -> dict:
+    """Per-bin GalProTE grids -> LOGAGE / MH / AV / residual maps (FITS with the cube's WCS).
+
+    ``inference``: `fast_inference.predict` keywords (backend, threads, batch_size; None: its defaults)."""
     import numpy as np
 
     from .cube import read_bins
     from .maps import write_maps
-    from .training import light_weighted, load_galprote, predict, reconstruct
+    from .fast_inference import predict
+    from .training import light_weighted, load_galprote, reconstruct
 
     bins = read_bins(bins_path)
     templates = read_template_table(templates_path)
     model, meta = load_galprote(model_path)
     start = time.perf_counter()
-    weights, av = predict(model, bins.spectra, frac=clip_frac)
+    weights, av = predict(model, bins.spectra, frac=clip_frac, **(inference or {}))
     seconds = time.perf_counter() - start
     logage, mh = light_weighted(weights, templates.log_age, templates.mh)
     resid = bins.spectra - reconstruct(templates, weights, av)
@@ -203,7 +206,8 @@ def model_maps(bins_path: str | Path, model_path: str | Path, templates_path: st
                grid_axes=(templates.log_age, templates.mh),
                meta={"method": "GalProTE", "clip_frac": clip_frac, "model_trainset_id": meta.get("trainset_id", "")})
     provenance.write(out, inputs={"bins": bins_path, "model": model_path, "templates": templates_path},
-                     params={"clip_frac": clip_frac}, code=[*MODEL_CODE, "specfm.galaxies.maps"],
+                     params={"clip_frac": clip_frac, "inference": inference or {}},
+                     code=[*MODEL_CODE, "specfm.galaxies.maps", "specfm.galaxies.fast_inference"],
                      code_files=code_files, step="galaxies_predict")
     return {"seconds_per_spectrum": seconds / max(bins.n_bins, 1)}
 
@@ -290,17 +294,21 @@ def compare(model_path: str | Path, ppxf_path: str | Path, truth_path: str | Pat
 
 
 def bench(model_path: str | Path, templates_path: str | Path, bins_path: str | Path, out: str | Path, *,
-          n_ppxf: int, degree: int, code_files=()) -> None:
-    """Model vs pPXF seconds per spectrum, measured in one run on the same machine and spectra."""
+          n_ppxf: int, degree: int, inference: dict | None = None, variants=(), code_files=()) -> None:
+    """Model vs pPXF seconds per spectrum, measured in one run on the same machine and spectra; the
+    model through ``inference`` (as in `model_maps`), plus the ``variants`` sweep (`fast_inference`)."""
     from specfm.io import write_json_atomic
 
     from .bench import benchmark_speed
     from .cube import read_bins
+    from .fast_inference import DEFAULT_BACKEND
     from .training import load_galprote
 
     model, _ = load_galprote(model_path)
+    inference = {"backend": DEFAULT_BACKEND, **(inference or {})}
     result = benchmark_speed(model, read_template_table(templates_path), read_bins(bins_path), n_ppxf=n_ppxf,
-                             degree=degree)
+                             degree=degree, backend=inference["backend"], threads=inference.get("threads"),
+                             batch_size=inference.get("batch_size") or 256, variants=variants)
     result["inputs"] = {"model": str(model_path), "templates": str(templates_path), "bins": str(bins_path)}
     write_json_atomic(out, result)
     log.info("benchmark: model %.3g s, pPXF %.3g s per spectrum, ratio %.0f", result["model_seconds_per_spectrum"],
@@ -309,12 +317,13 @@ def bench(model_path: str | Path, templates_path: str | Path, bins_path: str | P
 
 def predict_spectra(spectra, redshifts, model_path: str | Path, templates_path: str | Path, out: str | Path, *,
                     frame: str | None = None, clip_frac: float = 0.05, ppxf_degree: int | None = None,
-                    max_bad_frac: float = 0.2, code_files=()) -> dict:
+                    max_bad_frac: float = 0.2, inference: dict | None = None, code_files=()) -> dict:
     """A user's single spectra (files; several per file allowed) -> GalProTE table (.parquet/.fits/.csv).
 
     ``redshifts``: one per spectrum, one for all, or None (each file's own: `single.file_redshifts`).
     The preprocessing is the cube bins' (`specfm.galaxies.single`); ``ppxf_degree`` adds the pPXF
-    baseline on the same spectra and templates. Returns the table (column -> array)."""
+    baseline on the same spectra and templates; ``inference``: as in `model_maps`. Returns the table
+    (column -> array)."""
     import numpy as np
 
     from .single import file_redshifts, predict_table, read_spectra, write_table
@@ -337,15 +346,17 @@ def predict_spectra(spectra, redshifts, model_path: str | Path, templates_path: 
                          f"model's ({model.cfg.n_z}, {model.cfg.n_age}) from {model_path}")
     start = time.perf_counter()
     table = predict_table(loaded, np.broadcast_to(z, (len(loaded),)), model, templates, clip_frac=clip_frac,
-                          ppxf_degree=ppxf_degree, max_bad_frac=max_bad_frac)
+                          ppxf_degree=ppxf_degree, max_bad_frac=max_bad_frac, inference=inference)
     write_table(table, out)
     log.info("GalProTE on %d spectra%s in %.1f s -> %s", len(loaded), " (+ pPXF)" if ppxf_degree is not None else "",
              time.perf_counter() - start, out)
     params = {"redshifts": [float(v) for v in np.broadcast_to(z, (len(loaded),))], "frame": frame,
-              "clip_frac": clip_frac, "ppxf_degree": ppxf_degree, "max_bad_frac": max_bad_frac}
+              "clip_frac": clip_frac, "ppxf_degree": ppxf_degree, "max_bad_frac": max_bad_frac,
+              "inference": inference or {}}
     inputs = {"model": model_path, "templates": templates_path, **{f"spectrum_{i}": p for i, p in enumerate(spectra)}}
     provenance.write(out, inputs=inputs, params=params, code=[*MODEL_CODE, "specfm.galaxies.single",
                      "specfm.galaxies.preprocessing", "specfm.galaxies.cube", "specfm.galaxies.cube_io",
                      "specfm.galaxies.manga",
-                     "specfm.galaxies.ppxf_fit"], code_files=code_files, step="galaxies_predict_spectra")
+                     "specfm.galaxies.ppxf_fit", "specfm.galaxies.fast_inference"], code_files=code_files,
+                     step="galaxies_predict_spectra")
     return table

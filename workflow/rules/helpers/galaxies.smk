@@ -124,7 +124,13 @@ def spectra_params(wildcards):
         "frame": target.get("frame"),
         "clip_frac": GAL["clip_frac"],
         "ppxf_degree": GAL["ppxf"]["degree"] if target.get("ppxf", True) else None,
+        "inference": galaxies_inference(),
     }
+
+
+def galaxies_inference():
+    """`fast_inference.predict` keywords from galaxies.inference (backend, batch_size, threads)."""
+    return dict(GAL["inference"])
 
 
 def galaxy_reference(wildcards):
