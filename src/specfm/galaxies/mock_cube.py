@@ -78,6 +78,7 @@ from .spectra import (
     emiles_fwhm,
     emission_mask,
     fourier_losvd,
+    ln_grid_inside,
     match_lsf,
     muse_lsf_fwhm,
     paper_wavelength_grid,
@@ -422,10 +423,7 @@ def _rest_spectra(wave_r, mass, ssp_lsf, f: dict, p: MockParams) -> tuple[np.nda
 def _kinematics(wave_r, rest, f: dict, v_edge: float) -> tuple[np.ndarray, np.ndarray]:
     """Velocity shift and dispersion on a ln(lambda) grid, exact in Fourier space (as ppxf does):
     no interpolation error in the line profiles the model and pPXF are scored on."""
-    dln = LOG_STEP_KMS / C_KMS
-    e_r = bin_edges(wave_r)
-    n_log = int((math.log(e_r[-1]) - math.log(e_r[0])) / dln) - 3
-    wave_log = np.exp(math.log(e_r[0]) + dln * (np.arange(n_log) + 1.5))  # edges strictly inside e_r
+    wave_log = ln_grid_inside(wave_r, LOG_STEP_KMS)
     spec_log = resample(wave_r, rest, wave_log)
     pad = int(np.ceil(v_edge / LOG_STEP_KMS)) + 16
     return wave_log, fourier_losvd(spec_log, f["vel"].ravel(), f["sigma"].ravel(), LOG_STEP_KMS, pad)

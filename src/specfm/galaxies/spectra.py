@@ -144,8 +144,9 @@ def resample(wave_in, flux_in, wave_out):
     Each output pixel is the mean of the piecewise-constant input over the output pixel: the
     integral of flux density over any output-aligned interval is preserved. Implemented as the
     cumulative integral at the input edges, linearly interpolated (exact for piecewise-constant
-    input) at the output edges. Not a library because ``spectres`` (the usual choice) is not a
-    project dependency and this is the same bin-overlap algorithm (Carnall 2017) in a few lines;
+    input) at the output edges. Not ``spectres`` (a dependency of the emulator stage; the same
+    bin-overlap algorithm, Carnall 2017) because spectres loops over output pixels in Python, while
+    this is one vectorised pass over a whole template grid or a block of training spectra;
     ``ppxf_util.rebin`` only averages integer groups of pixels.
     """
     ein, eout = bin_edges(wave_in), bin_edges(wave_out)
@@ -189,6 +190,15 @@ def attenuate(wave, flux, av, rv=3.1):
     return factor * np.asarray(flux)
 
 
+def ln_grid_inside(wave, step_kms: float) -> np.ndarray:
+    """Pixel centres every ``step_kms`` in ln(lambda) whose edges lie strictly inside ``wave``'s, so a
+    flux-conserving `resample` onto them never runs off the input."""
+    e = bin_edges(wave)
+    dln = step_kms / C_KMS
+    n_log = int((math.log(e[-1]) - math.log(e[0])) / dln) - 3
+    return np.exp(math.log(e[0]) + dln * (np.arange(n_log) + 1.5))
+
+
 def fourier_losvd(spec_log, vel_kms, sigma_kms, step_kms: float, pad: int) -> np.ndarray:
     """Shift by ``vel_kms`` [n] and broaden by a Gaussian of ``sigma_kms`` [n] the spectra ``spec_log``
     [n, n_log] sampled every ``step_kms`` in ln(lambda): an exact Fourier-space kernel (Cappellari
@@ -215,10 +225,7 @@ def apply_kinematics(wave, flux, vel_kms, sigma_kms, *, step_kms: float = 25.0) 
     step = np.diff(wave[[0, 1, -2, -1]])[[0, 2]]
     wave_p = np.concatenate([wave[0] - step[0] * np.arange(2, 0, -1), wave, wave[-1] + step[1] * np.arange(1, 3)])
     flux_p = np.pad(np.atleast_2d(flux), ((0, 0), (2, 2)), mode="edge")
-    e = bin_edges(wave_p)
-    dln = step_kms / C_KMS
-    n_log = int((math.log(e[-1]) - math.log(e[0])) / dln) - 3
-    wave_log = np.exp(math.log(e[0]) + dln * (np.arange(n_log) + 1.5))  # edges strictly inside e
+    wave_log = ln_grid_inside(wave_p, step_kms)
     spec_log = resample(wave_p, flux_p, wave_log)
     v_edge = float(np.max(np.abs(vel_kms), initial=0.0) + 6 * np.max(sigma_kms, initial=0.0))
     out = fourier_losvd(spec_log, vel_kms, sigma_kms, step_kms, pad=int(np.ceil(v_edge / step_kms)) + 16)
