@@ -5,4 +5,5 @@ from specfm.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     training_set(snakemake.input.templates, snakemake.output[0], size_factor=snakemake.params.size_factor,
-                 seed=snakemake.params.seed, augment=snakemake.params.augment, code_files=[__file__])
+                 seed=snakemake.params.seed, augment=snakemake.params.augment,
+                 extended=snakemake.params.extended, code_files=[__file__])

@@ -41,7 +41,8 @@ rule galaxies_templates_figure:
 
 
 rule galaxies_training_set:
-    """Table 1 singles, replicas and 2..5-population mixtures x 16 A_V levels, noise phases; splits
+    """Table 1 singles, replicas and 2..5-population mixtures (+ extended populations if configured)
+    x 16 A_V levels, noise phases; splits
     train / validation / test (other noise) / test_unseen (combinations never seen in training)."""
     input:
         templates=TRAINING_TEMPLATES,
@@ -53,6 +54,7 @@ rule galaxies_training_set:
     params:
         size_factor=GAL["trainset"]["size_factor"],
         augment=GAL["trainset"]["augment"],
+        extended=GAL["trainset"]["extended"],
         seed=derived_seed("galaxies_trainset"),
     resources:
         mem_mb=8000,

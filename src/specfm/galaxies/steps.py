@@ -91,17 +91,19 @@ MODEL_CODE = [*CODE, "specfm.galaxies.trainset", "specfm.galaxies.model", "specf
 
 
 def training_set(templates_path: str | Path, out: str | Path, *, size_factor: float, seed: int,
-                 augment: dict | None = None, code_files=()) -> None:
+                 augment: dict | None = None, extended: float = 0.0, code_files=()) -> None:
     """Templates -> GalProTE training set (Table 1 recipe; train/validation/test/test_unseen), with the
-    ``augment`` fields of `trainset.Recipe` (kinematics, continuum tilt) where given."""
+    ``augment`` fields of `trainset.Recipe` (kinematics, continuum tilt) where given and ``extended``
+    x n_t extended populations per A_V level."""
     from .trainset import build_training_set
 
     start = time.perf_counter()
     augment = dict(augment or {})
     info = build_training_set(read_template_table(templates_path), out, size_factor=size_factor, seed=seed,
-                              **augment)
+                              extended=extended, **augment)
     log.info("wrote %s: %s spectra per split in %.1f s", out, info["counts"], time.perf_counter() - start)
-    provenance.write(out, inputs={"templates": templates_path}, params={"size_factor": size_factor, **augment},
+    params = {"size_factor": size_factor, **augment, **({"extended": extended} if extended else {})}
+    provenance.write(out, inputs={"templates": templates_path}, params=params,
                      seed=seed,
                      code=MODEL_CODE, code_files=code_files, step="galaxies_training_set")
 

@@ -20,6 +20,12 @@ the median flux), then every spectrum gets 15-25 patches of 3-15 px, each either
 (zero-mean Gaussian, sigma ~ U(0, 25 %)) or a masked patch (replaced by the patch median). Patches are
 placed on the 876 kept pixels, i.e. on the spectrum the network sees (Sect. 3.3 stitches the kept parts).
 
+Beyond the paper (``extended`` > 0, off by default): ``extended`` x n_t more spectra per A_V level
+whose light is spread over many ages and metallicities (`extended_weights`), as in any real galaxy;
+the 1-5 template mixtures above never show the model such a population, and the clipped light-weighted
+means of a model trained only on them are biased for one (README, issue 14). They join train /
+validation / test; test_unseen keeps its meaning (template combinations never seen) and has none.
+
 Splits. As in the paper, train / validation / test share the same noise-free base spectra and differ
 only in their noise realisations (validation and test may be subsets: ``val_fraction``,
 ``test_fraction``). Because that test set measures denoising more than generalisation, there is also
@@ -61,9 +67,12 @@ log = logging.getLogger(__name__)
 FORMAT = "specfm.galaxies.trainset/1"
 SPLITS = ("train", "validation", "test", "test_unseen")
 MAX_POP = 5
-ROWS = ("original", "replica", "combo2", "combo3", "combo4", "combo5")
+ROWS = ("original", "replica", "combo2", "combo3", "combo4", "combo5", "extended")
+TABLE1_ROWS = ROWS[:6]  # the paper's; "extended" (beyond the paper) is `Recipe.extended` x n_t
 ROW_POP = {"original": 1, "replica": 1, "combo2": 2, "combo3": 3, "combo4": 4, "combo5": 5}
 ROW_MULT = {"original": 1, "replica": 2, "combo2": 2, "combo3": 2, "combo4": 2, "combo5": 2}  # x n_t
+EXTENDED_PARAMS = ("age_mu", "age_sigma", "second_frac", "second_mu", "second_sigma", "mh_mu", "mh_sigma",
+                   "amr_slope")
 CHUNK_ROWS = 64  # HDF5 chunk: 64 spectra (224 KB of spectra), small enough for random lazy reads
 BLOCK = 4096  # spectra computed and written per step (a multiple of CHUNK_ROWS)
 
@@ -93,25 +102,30 @@ class Recipe:
     sigma_max_kms: float = 0.0  # stellar dispersion ~ U(0, s), on top of the MUSE LSF
     tilt: float = 0.0  # multiplicative continuum 1 + a1 P1 + a2 P2, a_k ~ U(-t, t)
     augment_splits: tuple = ("train", "validation")  # test and test_unseen stay the paper's
+    # Extended populations beyond the paper (0 = off): this many x n_t spectra per A_V level whose
+    # light spreads over many ages and metallicities, as in a real galaxy (`extended_weights`)
+    extended: float = 0.0
 
 
 # ------------------------------------------------------------------------------------ counts
 
 
-def table1_counts(n_templates: int, size_factor: float = 1.0, n_av: int = 16) -> dict:
-    """Table 1 rows per A_V level scaled by ``size_factor``, the per-level sum and the total (no spectra).
+def table1_counts(n_templates: int, size_factor: float = 1.0, n_av: int = 16, extended: float = 0.0) -> dict:
+    """Table 1 rows per A_V level scaled by ``size_factor`` (plus ``extended`` x n_t extended
+    populations, 0 in the paper), the per-level sum and the total (no spectra).
 
     >>> table1_counts(636)["total"]
     111936
     """
-    rows = {r: int(round(size_factor * ROW_MULT[r] * n_templates)) for r in ROWS}
+    rows = {r: int(round(size_factor * ROW_MULT[r] * n_templates)) for r in TABLE1_ROWS}
+    rows["extended"] = int(round(size_factor * extended * n_templates))
     per_level = sum(rows.values())
     return {"rows": rows, "per_level": per_level, "n_av": n_av, "total": per_level * n_av}
 
 
 def split_counts(n_templates: int, recipe: Recipe) -> dict:
     """Number of spectra in each split for this recipe."""
-    base = table1_counts(n_templates, recipe.size_factor, recipe.n_av)["total"]
+    base = table1_counts(n_templates, recipe.size_factor, recipe.n_av, recipe.extended)["total"]
     unseen = table1_counts(n_templates, recipe.size_factor * recipe.unseen_fraction, recipe.n_av)["total"]
     return {
         "train": base,
@@ -145,22 +159,26 @@ class BaseSet:
     raw: np.ndarray  # [N, 5] float64 drawn weights (sum 1), 0 where no component
     av_index: np.ndarray  # [N] int8
     row: np.ndarray  # [N] int8 index into ROWS
+    params: np.ndarray  # [N, 8] `extended_weights` parameters of "extended" rows (EXTENDED_PARAMS), NaN else
 
     def __len__(self):
         return self.av_index.size
 
 
 def draw_base(n_templates: int, rows: dict, n_av: int, rng: np.random.Generator, *,
-              held: bool, fraction: float, salt: str) -> BaseSet:
+              held: bool, fraction: float, salt: str, extended_rng: np.random.Generator | None = None,
+              axes: tuple | None = None) -> BaseSet:
     """Draw the base set: for each A_V level, for each Table 1 row, its count of combinations.
 
     ``held=False`` keeps only combinations outside the held-out share (train/validation/test);
     ``held=True`` only those inside it (test_unseen). Singles cycle through the allowed templates,
     starting at a per-level offset so that small size factors still cover every template.
+    ``rows["extended"]`` rows (if any) close each level, drawn from ``extended_rng`` over the grid
+    ``axes`` = (log_age, mh), so the other rows are the same with or without them.
     """
     ok = lambda key: is_held_out(key, fraction, salt) == held  # noqa: E731
     singles = np.array([t for t in range(n_templates) if ok((t,))], dtype=np.int64)
-    comps, raws, avs, row_ids = [], [], [], []
+    comps, raws, avs, row_ids, params = [], [], [], [], []
     for level in range(n_av):
         n_single = rows["original"] + rows["replica"]
         if n_single:
@@ -174,7 +192,7 @@ def draw_base(n_templates: int, rows: dict, n_av: int, rng: np.random.Generator,
             w[:, 0] = 1.0
             comps.append(c), raws.append(w)
             row_ids.append(np.repeat([0, 1], [rows["original"], rows["replica"]]))
-        for r in ROWS[2:]:
+        for r in TABLE1_ROWS[2:]:
             k, n = ROW_POP[r], rows[r]
             if n == 0:
                 continue
@@ -196,13 +214,22 @@ def draw_base(n_templates: int, rows: dict, n_av: int, rng: np.random.Generator,
             w[:, :k] = u / u.sum(axis=1, keepdims=True)
             comps.append(c), raws.append(w)
             row_ids.append(np.full(n, ROWS.index(r)))
+        n_ext = rows.get("extended", 0)
+        if n_ext:
+            params.append(draw_extended(n_ext, *axes, extended_rng))
+            comps.append(np.full((n_ext, MAX_POP), -1, np.int64)), raws.append(np.zeros((n_ext, MAX_POP)))
+            row_ids.append(np.full(n_ext, ROWS.index("extended")))
         n_level = sum(rows.values())
         avs.append(np.full(n_level, level))
     if not comps:
         return BaseSet(np.zeros((0, MAX_POP), np.int16), np.zeros((0, MAX_POP)), np.zeros(0, np.int8),
-                       np.zeros(0, np.int8))
+                       np.zeros(0, np.int8), np.zeros((0, len(EXTENDED_PARAMS))))
+    row = np.concatenate(row_ids).astype(np.int8)
+    full = np.full((row.size, len(EXTENDED_PARAMS)), np.nan)
+    if params:
+        full[row == ROWS.index("extended")] = np.concatenate(params)
     return BaseSet(np.concatenate(comps).astype(np.int16), np.concatenate(raws),
-                   np.concatenate(avs).astype(np.int8), np.concatenate(row_ids).astype(np.int8))
+                   np.concatenate(avs).astype(np.int8), row, full)
 
 
 # ----------------------------------------------------------------------------------- grids
@@ -242,6 +269,62 @@ def grid_weights(components, raw, shape, prior, smooth) -> np.ndarray:
     dense = dense * np.repeat(prior, n_age)[None, :]
     dense /= dense.sum(axis=1, keepdims=True)
     return (dense @ smooth).reshape(b, n_z, n_age)
+
+
+def draw_extended(n: int, log_age, mh, rng: np.random.Generator) -> np.ndarray:
+    """[n, 8] `extended_weights` parameters (columns EXTENDED_PARAMS), drawn wide over the grid: a main
+    population centred anywhere in log age with 0.1-0.8 dex of spread, in half of the draws a second one
+    (up to half the light, 0.05-0.3 dex), a metallicity spread of 0.05-0.5 dex about any [M/H] of the
+    grid, tilted by an age-metallicity slope of -0.3..0.3 dex per dex. Generic on purpose: not the
+    mock galaxy's SFH family (which would be training on the test)."""
+    la, z = np.asarray(log_age, float), np.asarray(mh, float)
+    p = np.empty((n, len(EXTENDED_PARAMS)))
+    p[:, 0] = rng.uniform(la.min(), la.max(), n)
+    p[:, 1] = rng.uniform(0.1, 0.8, n)
+    p[:, 2] = np.where(rng.random(n) < 0.5, rng.uniform(0.0, 0.5, n), 0.0)
+    p[:, 3] = rng.uniform(la.min(), la.max(), n)
+    p[:, 4] = rng.uniform(0.05, 0.3, n)
+    p[:, 5] = rng.uniform(z.min(), z.max(), n)
+    p[:, 6] = rng.uniform(0.05, 0.5, n)
+    p[:, 7] = rng.uniform(-0.3, 0.3, n)
+    return p
+
+
+def _gauss_on_grid(x, mu, sigma, axis: int) -> np.ndarray:
+    """exp(-(x - mu)^2 / 2 sigma^2) normalised to sum 1 along ``axis``; stable when sigma is far
+    below the grid spacing (the nearest grid point then takes all)."""
+    e = -0.5 * ((x - mu) / sigma) ** 2
+    p = np.exp(e - e.max(axis=axis, keepdims=True))
+    return p / p.sum(axis=axis, keepdims=True)
+
+
+def extended_weights(params, log_age, mh) -> np.ndarray:
+    """[B, n_Z, n_age] light fractions of extended populations: P(age) is one or two Gaussians in log
+    age, P([M/H] | age) a Gaussian about mh_mu + amr_slope (log age - age_mu). Real galaxies spread
+    their light over many ages and metallicities, which the paper's 1-5 template mixtures never show."""
+    p = np.asarray(params, float)
+    la = np.asarray(log_age, float)[None, :]
+    z = np.asarray(mh, float)[None, :, None]
+    col = {name: p[:, i:i + 1] for i, name in enumerate(EXTENDED_PARAMS)}
+    age = ((1.0 - col["second_frac"]) * _gauss_on_grid(la, col["age_mu"], col["age_sigma"], 1)
+           + col["second_frac"] * _gauss_on_grid(la, col["second_mu"], col["second_sigma"], 1))
+    centre = col["mh_mu"] + col["amr_slope"] * (la - col["age_mu"])  # [B, n_age]
+    pz = _gauss_on_grid(z, centre[:, None, :], col["mh_sigma"][:, :, None], 1)  # [B, n_Z, n_age]
+    return age[:, None, :] * pz
+
+
+def base_weights(src: BaseSet, idx, log_age, mh, prior, smooth) -> np.ndarray:
+    """[B, n_Z, n_age] weights of base rows ``idx``: Table 1 rows through `grid_weights`, extended
+    rows through `extended_weights` (already smooth; the [M/H] prior is in their draw)."""
+    shape = (len(mh), len(log_age))
+    ext = src.row[idx] == ROWS.index("extended")
+    w = np.empty((len(idx), *shape))
+    if (~ext).any():
+        i = np.asarray(idx)[~ext]
+        w[~ext] = grid_weights(src.components[i].astype(np.int64), src.raw[i], shape, prior, smooth)
+    if ext.any():
+        w[ext] = extended_weights(src.params[np.asarray(idx)[ext]], log_age, mh)
+    return w
 
 
 def model_spectra(flux_flat, mask, factors, weights_flat, transform=None) -> np.ndarray:
@@ -350,7 +433,8 @@ def add_noise(flux, level, rng: np.random.Generator, *, n_patches=(15, 25), widt
 
 def _seeds(seed: int) -> dict:
     # new streams go at the end: SeedSequence children keep their index, so old streams stay the same
-    names = ("base", "unseen", "subsets", *(f"noise_{s}" for s in SPLITS), *(f"augment_{s}" for s in SPLITS))
+    names = ("base", "unseen", "subsets", *(f"noise_{s}" for s in SPLITS), *(f"augment_{s}" for s in SPLITS),
+             "extended")
     return dict(zip(names, np.random.SeedSequence(seed).spawn(len(names))))
 
 
@@ -374,10 +458,11 @@ def build_training_set(templates: TemplateGrid, out_path, *, size_factor: float 
     mask = np.asarray(templates.mask, bool)
     seeds = _seeds(seed)
     levels = av_levels(recipe.n_av, recipe.av_max)
-    table = table1_counts(n_t, recipe.size_factor, recipe.n_av)
+    table = table1_counts(n_t, recipe.size_factor, recipe.n_av, recipe.extended)
     salt, frac = recipe.unseen_salt, recipe.unseen_fraction
     base = draw_base(n_t, table["rows"], recipe.n_av, np.random.default_rng(seeds["base"]),
-                     held=False, fraction=frac, salt=salt)
+                     held=False, fraction=frac, salt=salt, extended_rng=np.random.default_rng(seeds["extended"]),
+                     axes=(templates.log_age, templates.mh))
     unseen_rows = table1_counts(n_t, recipe.size_factor * frac, recipe.n_av)["rows"]
     unseen = (draw_base(n_t, unseen_rows, recipe.n_av, np.random.default_rng(seeds["unseen"]),
                         held=True, fraction=frac, salt=salt) if frac > 0 else None)
@@ -438,8 +523,8 @@ def build_training_set(templates: TemplateGrid, out_path, *, size_factor: float 
                 for lo in range(0, n, BLOCK):
                     hi = min(lo + BLOCK, n)
                     bi = idx[lo:hi]
-                    comp, raw, avi = src.components[bi], src.raw[bi], src.av_index[bi]
-                    w = grid_weights(comp.astype(np.int64), raw, (n_z, n_age), prior, smooth)
+                    comp, avi = src.components[bi], src.av_index[bi]
+                    w = base_weights(src, bi, templates.log_age, templates.mh, prior, smooth)
                     aug = (Augmentation.draw(hi - lo, recipe, aug_rng) if _augments(recipe, split)
                            else Augmentation.none(hi - lo))
                     clean = model_spectra(flux_flat, mask, factors[avi], w.reshape(-1, n_t),

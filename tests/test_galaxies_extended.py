@@ -1,0 +1,90 @@
+"""Extended populations in the GalProTE training set (issue 14): light spread over many ages and
+metallicities, beside the paper's 1-5 template mixtures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specfm.galaxies.trainset import (EXTENDED_PARAMS, ROWS, TABLE1_ROWS, draw_base, draw_extended,
+                                      extended_weights, build_training_set, load_split, table1_counts)
+from specfm.galaxies.training import light_weighted
+
+from test_galaxies_model import N_AGE, N_Z, TINY, tiny_grid
+
+LOG_AGE = np.linspace(7.8, 10.2, 25)
+MH = np.array([-1.71, -1.31, -0.71, -0.4, 0.0, 0.22])  # the E-MILES demo grid: uneven steps
+
+
+def params(**kw) -> np.ndarray:
+    base = dict(age_mu=9.0, age_sigma=0.3, second_frac=0.0, second_mu=8.0, second_sigma=0.1, mh_mu=-0.4,
+                mh_sigma=0.2, amr_slope=0.0)
+    base.update(kw)
+    return np.array([[base[k] for k in EXTENDED_PARAMS]])
+
+
+def test_extended_weights_are_light_fractions_centred_on_their_parameters():
+    w = extended_weights(params(), LOG_AGE, MH)
+    assert w.shape == (1, MH.size, LOG_AGE.size) and w.min() >= 0
+    assert w.sum() == pytest.approx(1.0)
+    age, mh = light_weighted(w, LOG_AGE, MH)
+    assert age[0] == pytest.approx(9.0, abs=0.01)  # symmetric in a grid much wider than 0.3 dex
+    assert (w[0] > 0.01).sum() > 10  # spread over many cells, unlike a 1-5 template mixture
+    assert np.argmax(w[0].sum(axis=1)) == 3  # [M/H] mass at -0.4
+
+
+def test_extended_weights_second_population_and_amr_move_the_means():
+    one = light_weighted(extended_weights(params(), LOG_AGE, MH), LOG_AGE, MH)
+    two = light_weighted(extended_weights(params(second_frac=0.4, second_mu=8.0), LOG_AGE, MH), LOG_AGE, MH)
+    assert two[0][0] == pytest.approx(0.6 * 9.0 + 0.4 * 8.0, abs=0.02)
+    tilted = extended_weights(params(amr_slope=0.3, age_sigma=0.6), LOG_AGE, MH)[0]
+    mh_by_age = (tilted * MH[:, None]).sum(axis=0) / tilted.sum(axis=0)
+    assert mh_by_age[-1] > mh_by_age[0] + 0.3  # old populations more metal-rich with a positive slope
+    assert one[1][0] == pytest.approx(-0.4, abs=0.1)
+
+
+def test_extended_weights_narrow_spread_falls_on_the_nearest_grid_point():
+    w = extended_weights(params(age_sigma=1e-3, mh_sigma=1e-3, age_mu=9.01, mh_mu=-0.5), LOG_AGE, MH)[0]
+    assert np.isfinite(w).all() and w.max() == pytest.approx(1.0)
+    assert np.unravel_index(np.argmax(w), w.shape) == (3, 12)  # -0.4 and log age 9.0
+
+
+def test_draw_extended_covers_the_grid():
+    p = draw_extended(4000, LOG_AGE, MH, np.random.default_rng(0))
+    col = dict(zip(EXTENDED_PARAMS, p.T))
+    assert LOG_AGE[0] <= col["age_mu"].min() and col["age_mu"].max() <= LOG_AGE[-1]
+    assert MH[0] <= col["mh_mu"].min() and col["mh_mu"].max() <= MH[-1]
+    assert 0.4 < np.mean(col["second_frac"] > 0) < 0.6
+    w = extended_weights(p, LOG_AGE, MH)
+    np.testing.assert_allclose(w.sum(axis=(1, 2)), 1.0)
+
+
+def test_extended_rows_leave_the_paper_rows_unchanged():
+    rows = table1_counts(N_Z * N_AGE, 0.5, 2)["rows"]
+    grid = tiny_grid()
+    kw = dict(held=False, fraction=0.25, salt="s")
+    paper = draw_base(N_Z * N_AGE, {**rows, "extended": 0}, 16, np.random.default_rng(1), **kw)
+    both = draw_base(N_Z * N_AGE, rows, 16, np.random.default_rng(1), **kw,
+                     extended_rng=np.random.default_rng(2), axes=(grid.log_age, grid.mh))
+    ext = both.row == ROWS.index("extended")
+    assert ext.sum() == 16 * rows["extended"] and np.isfinite(both.params[ext]).all()
+    assert np.isnan(both.params[~ext]).all() and (both.components[ext] < 0).all()
+    np.testing.assert_array_equal(both.components[~ext], paper.components)
+    np.testing.assert_array_equal(both.raw[~ext], paper.raw)
+    np.testing.assert_array_equal(both.av_index[~ext], paper.av_index)
+    assert set(ROWS) - set(TABLE1_ROWS) == {"extended"}
+
+
+def test_training_set_with_extended_rows(tmp_path):
+    grid = tiny_grid()
+    path = tmp_path / "ext.h5"
+    summary = build_training_set(grid, path, seed=3, progress=False, extended=2.0, **TINY)
+    n_ext = summary["table1"]["rows"]["extended"]
+    assert n_ext > 0
+    train = load_split(path, "train", ("weights", "row", "av_index"))
+    ext = train["row"] == ROWS.index("extended")
+    assert ext.sum() == 16 * n_ext
+    np.testing.assert_allclose(train["weights"].sum(axis=(1, 2)), 1.0, atol=1e-5)
+    assert np.bincount(train["av_index"][ext], minlength=16).tolist() == [n_ext] * 16
+    unseen = load_split(path, "test_unseen", ("row",))
+    assert not (unseen["row"] == ROWS.index("extended")).any()  # test_unseen: unseen combinations only
