@@ -8,4 +8,4 @@ out = snakemake.output
 with rule_logging(snakemake.log[0]):
     evaluate(snakemake.input.predictions, snakemake.input.baseline, list(snakemake.input.features),
              list(snakemake.input.members), out.metrics, {name: out[name] for name in FIGURES},
-             code_files=[__file__])
+             calibration=snakemake.input.get("calibration"), code_files=[__file__])

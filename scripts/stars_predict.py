@@ -5,4 +5,4 @@ from specfm.stars.steps import predict
 
 with rule_logging(snakemake.log[0]):
     predict(list(snakemake.input.features), list(snakemake.input.members), snakemake.output[0],
-            code_files=[__file__])
+            calibration=snakemake.input.get("calibration"), code_files=[__file__])

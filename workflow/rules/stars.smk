@@ -120,11 +120,34 @@ rule stars_finetune:
         "../../scripts/stars_train.py"
 
 
-rule stars_predict:
-    """Every member on every star, with and without XP -> one catalogue with 16/50/84 per label."""
+rule stars_calibration:
+    """The ensemble's 16/84 widths scaled per label, XP visible / hidden, so that the z-scores of
+    the validation split have std 1 (fitted on validation only; specfm.stars.calibration)."""
     input:
         features=stars_feature_files,
         members=stars_members,
+    output:
+        with_prov("results/models/stars/{sample}_calibration.json"),
+    log:
+        "logs/stars/{sample}_calibration.log",
+    benchmark:
+        rule_bench("stars_calibration_{sample}"),
+    params:
+        settings=STARS["calibration"],
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    script:
+        "../../scripts/stars_calibration.py"
+
+
+rule stars_predict:
+    """Every member on every star, with and without XP -> one catalogue with 16/50/84 per label
+    (widths calibrated on the trained sample's validation split)."""
+    input:
+        features=stars_feature_files,
+        members=stars_members,
+        calibration=stars_calibration_file,
     output:
         with_prov("results/stars/{sample}_predictions.parquet"),
     log:
@@ -195,6 +218,7 @@ rule stars_metrics:
         baseline="results/stars/{sample}_baseline.parquet",
         features=stars_feature_files,
         members=stars_members,
+        calibration=stars_calibration_file,
     output:
         metrics=report("results/stars/{sample}_metrics.json", caption="../report/stars_metrics.rst",
                        category="stars"),

@@ -22,7 +22,7 @@ FEATURE_CODE = ["specfm.stars.columns", "specfm.stars.features", "specfm.stars.g
                 "specfm.stars.xp", "specfm.stars.steps", "specfm.io"]
 # The whole training package, as every stage lists it: seeding decides initial weights too.
 MODEL_CODE = [*FEATURE_CODE, "specfm.stars.model", "specfm.stars.training", "specfm.train"]
-PREDICT_CODE = [*MODEL_CODE, "specfm.stars.predict"]
+PREDICT_CODE = [*MODEL_CODE, "specfm.stars.calibration", "specfm.stars.predict"]
 BASELINE_CODE = [*FEATURE_CODE, "specfm.stars.baseline"]
 EVAL_CODE = [*PREDICT_CODE, "specfm.stars.baseline", "specfm.stars.evaluate",
              "specfm.stars.compare"]
@@ -121,12 +121,30 @@ def train(stage: str, features, scaling, out, *, arch: dict, train: dict, seed: 
     return summary
 
 
-def predict(features, members: list[str], out, *, code_files=()) -> dict:
+def calibrate(features, members: list[str], out, *, settings: dict, code_files=()) -> dict:
+    """The ensemble's uncertainty calibration, fitted on the validation split (JSON)."""
+    from .predict import fit_calibration
+
+    result = fit_calibration(features, members, **settings)
+    write_json_atomic(out, result)
+    provenance.write(out, inputs={**_named("features", features), **_named("member", members)},
+                     params=settings, code=PREDICT_CODE, code_files=code_files,
+                     step="stars_calibration")
+    return result
+
+
+def predict(features, members: list[str], out, *, calibration=None, code_files=()) -> dict:
+    """The catalogue; ``calibration``: the JSON `calibrate` wrote (None: uncalibrated)."""
+    import json
+
     from .predict import predict_catalogue
 
-    info = predict_catalogue(features, members, out)
-    provenance.write(out, inputs={**_named("features", features), **_named("member", members)},
-                     code=PREDICT_CODE, code_files=code_files, step="stars_predict")
+    factors = json.loads(Path(calibration).read_text()) if calibration else None
+    info = predict_catalogue(features, members, out, calibration=factors)
+    inputs = {**_named("features", features), **_named("member", members),
+              **({"calibration": calibration} if calibration else {})}
+    provenance.write(out, inputs=inputs, code=PREDICT_CODE, code_files=code_files,
+                     step="stars_predict")
     return info
 
 
@@ -141,9 +159,9 @@ def baseline(features, out, *, settings: dict, seed: int, threads: int, code_fil
 
 
 def evaluate(predictions, trees, features, members: list[str], metrics_out, figures: dict, *,
-             code_files=()) -> dict:
+             calibration=None, code_files=()) -> dict:
     """Scores of the ensemble and of the trees on the test split (and its FGK stars), the
-    headline with issue 15's targets, the figures."""
+    headline with issue 15's targets, the figures; ``calibration``: the factors' JSON, copied in."""
     from .compare import comparison, comparison_figure, target_rows, with_trees
     from .evaluate import joined_test, metrics, write_figures
     from .predict import read_predictions
@@ -156,11 +174,16 @@ def evaluate(predictions, trees, features, members: list[str], metrics_out, figu
                                           ("epochs_run", "best_epoch", "best_val_loss",
                                            "rows_per_second", "seconds")} for m in members}}
     result["headline"] = target_rows(result["scores"], result["baseline"]["scores"], result["fgk"]["msa"])
+    if calibration:
+        import json
+
+        result["calibration"] = json.loads(Path(calibration).read_text())
     write_json_atomic(metrics_out, result)
     msa_figures = {k: v for k, v in figures.items() if k != "baseline"}
     comparison_figure(result, figures["baseline"])
     write_figures(test, members[0], features, msa_figures)
-    inputs = {"predictions": predictions, "baseline": trees, **_named("features", features)}
+    inputs = {"predictions": predictions, "baseline": trees, **_named("features", features),
+              **({"calibration": calibration} if calibration else {})}
     for out in (metrics_out, *figures.values()):
         provenance.write(out, inputs=inputs, code=EVAL_CODE, code_files=code_files,
                          step="stars_metrics")

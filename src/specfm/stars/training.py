@@ -94,10 +94,14 @@ def make_loss(stage: str, policy: MaskingPolicy):
     return loss_fn
 
 
-def training_stream(features, *, buffer_rows: int, seed: int, workers: int = 0) -> ParquetBatchStream:
-    """The training split's (features, labels) rows, streamed; training and its benchmarks share it."""
+def training_stream(features, *, buffer_rows: int, seed: int, workers: int = 0,
+                    all_splits: bool = False) -> ParquetBatchStream:
+    """The training split's (features, labels) rows, streamed; training and its benchmarks share it.
+    ``all_splits``: every row of the table (pretraining on the held-out stars' features; the
+    caller must not use the labels then)."""
     return ParquetBatchStream(feature_files(features), arrays_from_columns([C.FEATURES, C.LABELS]),
-                              columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
+                              columns=C.FEATURES + C.LABELS + ["split"],
+                              where=None if all_splits else ("split", "train"),
                               buffer_rows=buffer_rows, seed=seed, workers=workers)
 
 
@@ -107,7 +111,8 @@ def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: d
     """Pretrain (stage="pretrain") or fine-tune (stage="finetune", `init` = pretrained model).
 
     ``train``: epochs, patience, batch_size, lr, weight_decay, p_xp, p_other, buffer_rows, val_rows,
-    workers (DataLoader processes decoding the stream; the batches do not depend on it, so it
+    all_splits (pretraining only: reconstruct the features of every split, the held-out stars'
+    included, never their labels: transductive, as a pretraining on every XP star is), workers (DataLoader processes decoding the stream; the batches do not depend on it, so it
     is left out of the checkpoint fingerprint and a requeued job may change it).
     Writes `out` atomically (weights + metadata incl. scaling) and returns a training summary.
     """
@@ -124,8 +129,12 @@ def train_stage(stage: str, features, scaling_path, out, *, arch: dict, train: d
             raise ValueError(f"{init}: pretrained with {meta['arch']}, fine-tuning asks for {arch}")
         model.load_state_dict(state)
     device = choose_device(gpu)
+    all_splits = bool(train.get("all_splits", False))
+    if all_splits and stage != "pretrain":
+        raise ValueError("all_splits is for pretraining only: fine-tuning on the validation or test "
+                         "split would train on the labels it is scored against")
     stream = training_stream(features, buffer_rows=train["buffer_rows"], seed=seed,
-                             workers=train.get("workers", 0))
+                             workers=train.get("workers", 0), all_splits=all_splits)
     val = validation_set(features, train["val_rows"], seed)
     policy = masking_policy(train["p_xp"], train["p_other"])
     opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])

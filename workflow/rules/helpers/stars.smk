@@ -92,6 +92,12 @@ def stars_members(wildcards):
     return [f"results/models/stars/{trained}_member{m}.pt" for m in range(STARS["ensemble_size"])]
 
 
+def stars_calibration_file(wildcards):
+    """The calibration of the ensemble that predicts a sample (a targets sample borrows its model's:
+    fitted on the trained sample's validation split)."""
+    return f"results/models/stars/{stars_trained(wildcards.sample)}_calibration.json"
+
+
 def stars_baseline_settings(wildcards):
     """The trees' model settings (threads and resources stay out: they must not retrain)."""
     return {k: v for k, v in STARS["baseline"].items() if k not in ("threads", "mem_mb", "runtime")}
