@@ -7,8 +7,8 @@ sizes of config/fullscale.yaml.
     python -m specfm.report.cost_curve --system all                           # every step (~20 min here)
 
 Writes ``results/bench/cost_<system>.json``: per step and size the wall seconds of the step, the peak
-RSS of the process that ran it (a fresh interpreter per size, ``os.wait4``; imports included, so the
-RSS before the step is recorded too), the input size in the step's unit, the settings, the machine's
+RSS of the process that ran it (a fresh interpreter per size, VmHWM; imports included, so the RSS
+before the step is recorded too), the CPU seconds of that process (imports included), the input size in the step's unit, the settings, the machine's
 load average before and after, and the commit. Each step runs on one thread (``OMP_NUM_THREADS=1``,
 ``torch.set_num_threads(1)``) so that a shared 2-core machine gives a stable number.
 
@@ -70,6 +70,61 @@ def check_monotone(runs: list[dict]) -> None:
         raise ValueError(f"sizes must increase strictly: {sizes}")
 
 
+def fits(entry: dict) -> dict:
+    """Scaling laws of one step's runs (wall seconds, CPU seconds, peak RSS) and the projection to
+    ``entry["full"]["size"]``; the RSS of a ``bounded_rss`` step is projected as its largest measured."""
+    runs = entry["runs"]
+    if len(runs) < 2:
+        return {}
+    n = [r["size"] for r in runs]
+    out = {"fit": fit_scaling(n, [r["seconds"] for r in runs]),
+           "cpu_fit": fit_scaling(n, [r["cpu_seconds"] for r in runs]),
+           "rss_fit": fit_scaling(n, [r["peak_rss_mb"] for r in runs])}
+    full = entry.get("full")
+    if full:
+        rss = (max(r["peak_rss_mb"] for r in runs) if entry.get("bounded_rss")
+               else project(out["rss_fit"], full["size"]))
+        out["projection"] = {**full, "seconds_one_core": round(project(out["fit"], full["size"]), 1),
+                             "cpu_seconds": round(project(out["cpu_fit"], full["size"]), 1),
+                             "peak_rss_mb": round(rss, 1),
+                             "rss_law": "largest measured (bounded)" if entry.get("bounded_rss") else "a + b N"}
+    return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def table(paths) -> str:
+    """The README's cost-curve table (markdown) from cost_<system>.json files."""
+    rows = ["| system / step | size unit | sizes | wall s | CPU s | peak RSS MiB | k (log-log) | b: s per unit "
+            "| full-scale size | projected: wall / CPU, 1 core | projected RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        for name, e in res["steps"].items():
+            st = STEPS.get(res["system"], {}).get(name)
+            if st is not None:  # a file written before these fields were recorded: the step's own
+                e = {"full": st.full, "bounded_rss": st.bounded_rss, **e}
+            e = {**e, **fits(e)}
+            r, p = e["runs"], e.get("projection", {})
+            col = lambda key: " / ".join(_fmt(x[key]) for x in r)  # noqa: E731
+            proj = (f"{_duration(p['seconds_one_core'])} / {_duration(p['cpu_seconds'])}" if p else "")
+            rows.append(f"| {res['system']} / {name} | {e['unit']} | {col('size')} | {col('seconds')} | "
+                        f"{col('cpu_seconds')} | {col('peak_rss_mb')} | {e['fit']['loglog_slope']:.2f} | "
+                        f"{e['fit']['b_seconds_per_unit']:.3g} | {_fmt(p.get('size', float('nan')))} | {proj} | "
+                        f"{_fmt(p['peak_rss_mb']) + (' (bounded)' if e.get('bounded_rss') else '') if p else ''} |")
+    return "\n".join(rows)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 # ------------------------------------------------------------------ steps
 
 
@@ -81,6 +136,7 @@ class Step:
     setup: Callable[[float, Path, dict], None] = lambda n, work, cfg: None   # in the parent, not timed
     settings: Callable[[dict], dict] = lambda cfg: {}
     full: dict = field(default_factory=dict)        # {"size": N, "what": "..."}: the projection target
+    bounded_rss: bool = False  # the step streams (strips, batches, a reservoir): memory is not projected linearly
 
 
 def _cfg(path="config/config.yaml") -> dict:
@@ -377,9 +433,9 @@ def _tp_settings(cfg, **fixed):
 STEPS: dict[str, dict[str, Step]] = {
     "galaxies": {
         "binning": Step("spaxels (synthetic PHANGS-layout cube, 3,681 planes, S/N 50 bins)", (1600, 6400),
-                        _galaxies_binning, _galaxies_cube_setup,
+                        _galaxies_binning, _galaxies_cube_setup, bounded_rss=True,
                         full={"size": 1235 * 711, "what": "a 1235 x 711 PHANGS-MUSE mosaic (NGC 1672)"}),
-        "ppxf": Step("bins (the demo's 116 mock bins, cycled)", (4, 16), _galaxies_ppxf,
+        "ppxf": Step("bins (the demo's 116 mock bins, cycled)", (4, 16), _galaxies_ppxf, bounded_rss=True,
                      settings=lambda c: {"degree": c["galaxies"]["ppxf"]["degree"], "n_jobs": 1},
                      full={"size": 65000, "what": "NGC 4254's ~65,000 bins, one core"}),
         "inference": Step("spectra (the demo's bins cycled)", (4096, 32768), _galaxies_inference,
@@ -396,10 +452,10 @@ STEPS: dict[str, dict[str, Step]] = {
     },
     "stars": {
         "features": Step("rows (random values, streamed build)", (25000, 100000, 400000), _stars_features,
-                         settings=lambda c: dict(c["stars"]["features"]),
+                         settings=lambda c: dict(c["stars"]["features"]), bounded_rss=True,
                          full={"size": 220e6, "what": "220 M XP sources (spread over partition jobs)"}),
         "pretrain": Step("rows in the feature table (one pretraining epoch over its train split)", (25000, 100000),
-                         _stars_pretrain, _stars_pretrain_setup,
+                         _stars_pretrain, _stars_pretrain_setup, bounded_rss=True,
                          settings=lambda c: {"model": c["stars"]["model"], "batch_size": c["stars"]["pretrain"]["batch_size"],
                                              "epochs": 1},
                          full={"size": 220e6, "what": "one epoch over 220 M rows (fullscale model is 11.5x larger)"}),
@@ -426,7 +482,7 @@ STEPS: dict[str, dict[str, Step]] = {
                      full={"size": 100000, "what": "100,000 models (the paper's Korg grid; 22,315 px there)"}),
         "train_steps": Step("optimiser steps (n_wave_train 256)", (100, 400),
                             lambda n, work, cfg: _emulator_train_run(n, EMU_PIXELS, work, cfg), _emulator_train_setup,
-                            settings=lambda c: _tp_settings(c, n_wave_train=EMU_PIXELS),
+                            settings=lambda c: _tp_settings(c, n_wave_train=EMU_PIXELS), bounded_rss=True,
                             full={"size": 1_000_000, "what": "10^6 steps (fullscale optim.steps), at 256 px per step"}),
         "train_pixels": Step("pixels per step (n_wave_train; 100 steps)", (256, 2048),
                              lambda n, work, cfg: _emulator_train_run(EMU_STEPS, n, work, cfg), _emulator_train_setup,
@@ -447,10 +503,28 @@ def _child(system: str, step: str, size: float, work: Path, config: str) -> dict
 
     torch.set_num_threads(1)
     cfg = _cfg(config)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mb()
     t0 = time.perf_counter()
     details = STEPS[system][step].run(size, work, cfg)
-    return {"seconds": time.perf_counter() - t0, "rss_before_step_mb": before, "details": details}
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "rss_before_step_mb": before, "peak_rss_mb": peak_rss_mb(), "details": details}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (MiB) since its exec: /proc/self/status VmHWM.
+
+    Not getrusage's ru_maxrss, in this process or from the parent's wait4: Linux carries the
+    high-water mark of the pre-exec image (the parent's forked copy) over exec, so a child of a
+    1 GB parent reports >= 1 GB whatever it does itself."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 CHILD = "import sys; from specfm.report.cost_curve import child_main; child_main(sys.argv[1:])"
@@ -473,7 +547,8 @@ def _commit() -> dict:
 
 
 def run_size(system: str, step: str, size: float, work: Path, config: str) -> dict:
-    """One child process; its peak RSS from os.wait4 (the child's own maximum resident set)."""
+    """One child process: wall seconds of the step, the child's own peak RSS (`peak_rss_mb`) and its CPU
+    seconds (os.wait4: user + system of the whole child, imports included)."""
     ckpt = work / "checkpoints"
     shutil.rmtree(ckpt, ignore_errors=True)  # never resume a previous measurement's checkpoint
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1",
@@ -490,7 +565,7 @@ def run_size(system: str, step: str, size: float, work: Path, config: str) -> di
     if proc.returncode != 0:
         raise RuntimeError(f"{system}/{step} at {size} failed:\n{err[-3000:]}")
     rec = json.loads(out.strip().splitlines()[-1])
-    return {"size": size, "seconds": round(rec["seconds"], 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    return {"size": size, "seconds": round(rec["seconds"], 3), "peak_rss_mb": round(rec["peak_rss_mb"], 1),
             "rss_before_step_mb": round(rec["rss_before_step_mb"], 1), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
             "load_before": [round(x, 2) for x in load0], "load_after": [round(x, 2) for x in os.getloadavg()],
             "details": rec["details"]}
@@ -506,7 +581,7 @@ def measure(system: str, steps=None, sizes=None, *, work: Path, config: str = "c
     result = {"system": system, "config": config, "work": str(work), **_commit(),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
               "how": "one fresh interpreter per size, 1 thread; seconds: the step only; peak_rss_mb: the whole "
-                     "process (os.wait4), imports included", "steps": {}}
+                     "process (VmHWM), imports included; cpu_seconds: the whole process (os.wait4)", "steps": {}}
     for name in steps or STEPS[system]:
         st = STEPS[system][name]
         chosen = sorted(float(s) for s in (sizes or st.sizes))
@@ -517,14 +592,9 @@ def measure(system: str, steps=None, sizes=None, *, work: Path, config: str = "c
             runs.append(run_size(system, name, n, work, str(snapshot)))
             log(f"{system}/{name} {n}: {runs[-1]['seconds']:.2f} s, peak RSS {runs[-1]['peak_rss_mb']:.0f} MiB")
         check_monotone(runs)
-        entry = {"unit": st.unit, "settings": st.settings(cfg), "runs": runs}
-        if len(runs) >= 2:
-            entry["fit"] = fit_scaling([r["size"] for r in runs], [r["seconds"] for r in runs])
-            entry["rss_fit"] = fit_scaling([r["size"] for r in runs], [r["peak_rss_mb"] for r in runs])
-            if st.full:
-                entry["projection"] = {**st.full, "seconds_one_core": round(project(entry["fit"], st.full["size"]), 1),
-                                       "peak_rss_mb": round(project(entry["rss_fit"], st.full["size"]), 1)}
-        result["steps"][name] = entry
+        entry = {"unit": st.unit, "settings": st.settings(cfg), "runs": runs, "bounded_rss": st.bounded_rss,
+                 "full": st.full}
+        result["steps"][name] = {**entry, **fits(entry)}
         if on_step:
             on_step(result)
     return result
@@ -539,7 +609,11 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="results/bench/cost_work", help="inputs built for the runs (reused)")
     ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--out-dir", default="results/bench")
+    ap.add_argument("--table", action="store_true", help="print the README table from the out-dir's JSON files")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(sorted(Path(args.out_dir).glob("cost_*.json"))))
+        return 0
     if not args.system:
         ap.error("--system is required")
     from specfm.io import write_json_atomic
