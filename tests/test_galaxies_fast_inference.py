@@ -100,3 +100,22 @@ def test_variants_record_and_choice(tiny):
     assert fi.fastest_accurate(rec) == "eager"
     assert fi.sweep_settings("compile", cores=2) == [(2, 256)]
     assert fi.sweep_settings("onnx", cores=2) == [(1, 256), (2, 256), (2, 64), (2, 1024)]
+
+
+@pytest.mark.parametrize("backend", ["onnx_nospin", "openvino"])
+def test_other_runtimes_equal_eager_within_the_tolerance(tiny, backend):
+    """300 spectra in batches of 64: openvino's fixed-shape graph pads the last batch of 44."""
+    model, spectra = tiny
+    ref, got = _raw(model, spectra, "eager"), _raw(model, spectra, backend)
+    assert got[0].shape == ref[0].shape and got[1].shape == ref[1].shape
+    d = fi.compare(model, ref, got)
+    assert d["within_tolerance"] and d["weights_max"] < 1e-5 and d["av_logits_max"] < 1e-4
+    w, av = fi.predict(model, spectra, 64, backend=backend, threads=1)
+    assert np.array_equal(av, eager_predict(model, spectra, 64)[1])
+
+
+def test_openvino_refuses_a_batch_larger_than_its_shape(tiny):
+    model, spectra = tiny
+    run = fi.runner(model, "openvino", threads=1, batch_size=32)
+    with pytest.raises(ValueError, match="batches of 32"):
+        run(spectra[:33])

@@ -283,7 +283,7 @@ def test_benchmark_cli_writes_the_speed_record(toy, tmp_path):
                        "--bins", str(tmp_path / "bins.h5"), "--out", str(out), "--n-ppxf", "2",
                        "--batch-size", "8", "--n-model", "16", "--variants", "eager", "onnx"]) == 0
     rec = json.loads(out.read_text())
-    assert rec["model"]["backend"] == "onnx" and rec["model_eager"]["n_spectra"] == 16
+    assert rec["model"]["backend"] == "openvino" and rec["model_eager"]["n_spectra"] == 16  # the default path
     assert rec["speed_ratio_eager"] == pytest.approx(rec["ppxf_seconds_per_spectrum"] /
                                                      rec["model_eager"]["seconds_per_spectrum"])
     assert set(rec["variants"]) == {"eager", "onnx"} and rec["variants"]["onnx"]["accuracy"]["within_tolerance"]

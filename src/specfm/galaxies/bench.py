@@ -66,7 +66,7 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "ppxf", "numpy", "scipy", "onnxruntime", "onnx"):
+    for pkg in ("torch", "ppxf", "numpy", "scipy", "onnxruntime", "onnx", "openvino"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -196,8 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--n-model", type=int, default=None)
     ap.add_argument("--degree", type=int, default=12)
-    ap.add_argument("--backend", default="onnx", help="headline inference path: eager, onnx, int8, bf16, compile")
-    ap.add_argument("--variants", nargs="*", default=["eager", "onnx", "int8", "bf16", "compile"],
+    ap.add_argument("--backend", default=None, help="headline inference path (fast_inference.BACKENDS); "
+                    "default fast_inference.DEFAULT_BACKEND")
+    ap.add_argument("--variants", nargs="*", default=["eager", "onnx", "onnx_nospin", "openvino", "int8", "bf16",
+                                                      "compile"],
                     help="backends swept and checked against eager (none: no sweep)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -205,13 +207,14 @@ def main(argv=None) -> int:
     from specfm.io import write_json_atomic
 
     from .cube import read_bins
+    from .fast_inference import DEFAULT_BACKEND
     from .template_table import read_template_table
     from .training import load_galprote
 
     model, _ = load_galprote(args.model)
     result = benchmark_speed(model, read_template_table(args.templates), read_bins(args.bins), n_ppxf=args.n_ppxf,
                              batch_size=args.batch_size, n_model=args.n_model, degree=args.degree,
-                             backend=args.backend, variants=args.variants)
+                             backend=args.backend or DEFAULT_BACKEND, variants=args.variants)
     result["inputs"] = {"model": args.model, "templates": args.templates, "bins": args.bins}
     write_json_atomic(args.out, result)
     log.info("wrote %s: model %.3g s, pPXF %.3g s per spectrum, ratio %.0f", args.out,

@@ -5,10 +5,16 @@ folded network another way; `predict` is what the maps and single-spectrum steps
 from config (``galaxies.inference``):
 
 * ``eager``: `training.predict` itself;
-* ``onnx`` (default): the folded network exported once with the TorchScript ONNX exporter
+* ``onnx``: the folded network exported once with the TorchScript ONNX exporter
   (``dynamo=False``: the dynamo exporter needs onnxscript) and run by ONNX Runtime, which fuses
   conv + ReLU and the encoder's matrix products. Same float32 arithmetic, reordered: outputs agree with
   eager to ~1e-6;
+* ``onnx_nospin``: the same session with its intra-op threads not spinning while they wait
+  (``session.intra_op.allow_spinning`` 0): on a machine with more runnable jobs than cores a spinning
+  thread takes a core from the job that would feed it;
+* ``openvino`` (default): the same ONNX graph compiled by OpenVINO for the CPU, reshaped to a fixed batch
+  (``batch_size``; the last batch is padded), float32 kept (``INFERENCE_PRECISION_HINT`` f32: OpenVINO
+  would use bf16 on CPUs that have it), latency hint, ``threads`` inference threads;
 * ``int8``: `torch.ao.quantization.quantize_dynamic` of the Linear layers (the 876 x 876 contexts, the
   encoders, the heads); the convolutions stay float;
 * ``bf16``: CPU autocast to bfloat16 (slow where the CPU has no native bf16, e.g. AVX-512 without
@@ -36,8 +42,8 @@ from .model import GalProTE, clip_grid, fused_for_inference
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "onnx", "int8", "bf16", "compile")
-DEFAULT_BACKEND = "onnx"
+BACKENDS = ("eager", "onnx", "onnx_nospin", "openvino", "int8", "bf16", "compile")
+DEFAULT_BACKEND = "openvino"  # fastest within TOLERANCE in the 2026-12-03 16:15 bench run (README)
 TOLERANCE = {"dex": 0.005, "min_fraction": 0.99}
 
 
@@ -74,18 +80,42 @@ def onnx_bytes(model: GalProTE) -> bytes:
     return buf.getvalue()
 
 
-def _onnx_runner(model: GalProTE, threads: int | None):
+def _onnx_runner(model: GalProTE, threads: int | None, spinning: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(onnx_bytes(model), opts, providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray):
         w, logits = session.run(None, {"spectra": np.ascontiguousarray(x, dtype=np.float32)})
         return w, logits
+    return run
+
+
+def _openvino_runner(model: GalProTE, threads: int | None, batch_size: int):
+    import openvino as ov
+
+    core = ov.Core()
+    net = core.read_model(onnx_bytes(model), b"")  # ONNX bytes, the weights inside
+    net.reshape({net.inputs[0]: ov.PartialShape([batch_size, model.cfg.n_pix])})  # one static shape
+    compiled = core.compile_model(net, "CPU", {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+                                               "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    out_w, out_l = compiled.outputs
+
+    def run(x: np.ndarray):
+        n = x.shape[0]
+        if n > batch_size:
+            raise ValueError(f"openvino runner built for batches of {batch_size}, got {n}")
+        if n < batch_size:  # pad the last batch: the compiled graph has one shape
+            x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)])
+        res = request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.array(res[out_w][:n]), np.array(res[out_l][:n])
     return run
 
 
@@ -97,6 +127,10 @@ def runner(model: GalProTE, backend: str = DEFAULT_BACKEND, *, threads: int | No
     model = model.cpu().eval()
     if backend == "onnx":
         return _onnx_runner(model, threads)
+    if backend == "onnx_nospin":
+        return _onnx_runner(model, threads, spinning=False)
+    if backend == "openvino":
+        return _openvino_runner(model, threads, batch_size)
     if backend == "eager":
         return _torch_runner(fused_for_inference(model), threads)
     if backend == "int8":
