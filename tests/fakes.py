@@ -44,13 +44,35 @@ def write_fake_ssp(path, mh, age, *, crval=4600.0, cdelt=0.9, n=2950, drop=None,
     hdu.writeto(path)
 
 
+FAKE_SDSS = ("NGC3073_SDSS_DR8.fits", "NGC3522_SDSS_DR8.fits", "NGC4636_SDSS_DR12.fits")  # config's sdss3
+
+
+def write_fake_sdss(path, z: float = 0.004, seed: int = 0):
+    """An SDSS spectrum laid out like the pPXF sdist's (wavelength [vacuum], flux, inverse_variance,
+    best_fit, masks), log-uniform 3800-9200 A, the fake SSPs' shape redshifted, S/N ~ 50."""
+    from astropy.table import Table
+
+    wave = 3800.0 * 10 ** (1e-4 * np.arange(3840))
+    rest = wave / (1 + z)
+    flux = (1.0 + 0.1 * (rest - 5900) / 1000) * (1 - 0.3 * gaussian(rest, 5175, 5.0))
+    noise = np.full(wave.size, 0.02)
+    flux = flux + noise * np.random.default_rng(seed).standard_normal(wave.size)
+    Table({"flux": flux, "best_fit": flux, "wavelength": wave, "and_mask": np.zeros(wave.size, np.int32),
+           "or_mask": np.zeros(wave.size, np.int32), "inverse_variance": 1 / noise**2}).write(path)
+
+
 def fake_emiles_sdist(tmp_path: Path) -> tuple[Path, str]:
-    """A tar.gz laid out like the ppxf sdist (ppxf-X/ppxf/miles_models/Eun1.30*.fits); returns (path, sha256)."""
+    """A tar.gz laid out like the ppxf sdist (ppxf-X/ppxf/miles_models/Eun1.30*.fits and the SDSS
+    example spectra ppxf-X/ppxf/spectra/NGC*_SDSS_DR*.fits); returns (path, sha256)."""
     src = tmp_path / "fake-sdist" / "ppxf-0.0.0" / "ppxf" / "miles_models"
     src.mkdir(parents=True)
     for age in FAKE_AGES:
         for z, mh in FAKE_MH.items():
             write_fake_ssp(src / fake_name(z, age), mh, float(age))
+    spectra = src.parent / "spectra"
+    spectra.mkdir()
+    for i, name in enumerate(FAKE_SDSS):
+        write_fake_sdss(spectra / name, seed=i)
     archive = tmp_path / "fake-ppxf.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src.parents[1], arcname="ppxf-0.0.0")
@@ -83,7 +105,7 @@ def offline_workflow(tmp_path: Path) -> Path:
     """
     archive, digest = fake_emiles_sdist(tmp_path)
     wf = copy_workflow(tmp_path / "wf")
-    override = {"sources": {"ppxf_sdist": {"kind": "http", "urls": [archive.as_uri()],
-                                           "filename": archive.name, "sha256": digest}}}
+    fake = {"kind": "http", "urls": [archive.as_uri()], "filename": archive.name, "sha256": digest}
+    override = {"sources": {"ppxf_sdist": fake, "ppxf_sdist_spectra": dict(fake)}}
     (wf / OFFLINE_CONFIG).write_text(yaml.safe_dump(override))
     return wf

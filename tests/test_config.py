@@ -46,6 +46,12 @@ def test_bad_checksum_and_dangling_reference():
     assert "sources.ppxf_sdist.sha256" in bad(lambda d: d["sources"]["ppxf_sdist"].update(sha256="abc"))
     msg = bad(lambda d: d["galaxies"]["targets"]["ngc4254"].update(cube="no_such_source"))
     assert "galaxies.targets.ngc4254.cube" in msg and "no_such_source" in msg
+    msg = bad(lambda d: d["galaxies"]["targets"]["sdss3"].update(source="no_such_source"))
+    assert "galaxies.targets.sdss3.source" in msg and "no_such_source" in msg
+    msg = bad(lambda d: d["galaxies"]["targets"]["sdss3"].update(source="manga_8485_1901_logcube"))
+    assert "galaxies.targets.sdss3.source" in msg and "unpacks no members" in msg
+    msg = bad(lambda d: d["galaxies"]["targets"]["sdss3"].pop("redshifts"))
+    assert "galaxies.targets.sdss3" in msg and "needs redshift" in msg
 
 
 def test_cli_check_config(tmp_path, capsys):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specfm.galaxies.trainset import (EXTENDED_PARAMS, ROWS, TABLE1_ROWS, draw_base, draw_extended,
-                                      extended_weights, build_training_set, load_split, table1_counts)
+from specfm.galaxies.trainset import (BEYOND_ROWS, EXTENDED_PARAMS, ROWS, SFH_PARAMS, TABLE1_ROWS, _age_bin_mass,
+                                      build_training_set, draw_base, draw_extended, draw_sfh, extended_weights,
+                                      load_split, sfh_weights, table1_counts)
 from specfm.galaxies.training import light_weighted
 
 from test_galaxies_model import N_AGE, N_Z, TINY, tiny_grid
@@ -60,19 +61,23 @@ def test_draw_extended_covers_the_grid():
 
 
 def test_extended_rows_leave_the_paper_rows_unchanged():
-    rows = table1_counts(N_Z * N_AGE, 0.5, 2)["rows"]
+    rows = table1_counts(N_Z * N_AGE, 0.5, extended=2, sfh=1)["rows"]
     grid = tiny_grid()
     kw = dict(held=False, fraction=0.25, salt="s")
-    paper = draw_base(N_Z * N_AGE, {**rows, "extended": 0}, 16, np.random.default_rng(1), **kw)
+    paper = draw_base(N_Z * N_AGE, {**rows, "extended": 0, "sfh": 0}, 16, np.random.default_rng(1), **kw)
     both = draw_base(N_Z * N_AGE, rows, 16, np.random.default_rng(1), **kw,
-                     extended_rng=np.random.default_rng(2), axes=(grid.log_age, grid.mh))
-    ext = both.row == ROWS.index("extended")
-    assert ext.sum() == 16 * rows["extended"] and np.isfinite(both.params[ext]).all()
+                     beyond_rngs={"extended": np.random.default_rng(2), "sfh": np.random.default_rng(3)},
+                     axes=(grid.log_age, grid.mh))
+    ext = np.isin(both.row, [ROWS.index(r) for r in BEYOND_ROWS])
+    assert (both.row == ROWS.index("sfh")).sum() == 16 * rows["sfh"] > 0
+    assert ext.sum() == 16 * (rows["extended"] + rows["sfh"]) and np.isfinite(both.params[ext]).all()
+    first = draw_sfh(rows["sfh"], grid.log_age, grid.mh, np.random.default_rng(3))  # level 0's draw
+    np.testing.assert_array_equal(both.params[both.row == ROWS.index("sfh")][: rows["sfh"]], first)
     assert np.isnan(both.params[~ext]).all() and (both.components[ext] < 0).all()
     np.testing.assert_array_equal(both.components[~ext], paper.components)
     np.testing.assert_array_equal(both.raw[~ext], paper.raw)
     np.testing.assert_array_equal(both.av_index[~ext], paper.av_index)
-    assert set(ROWS) - set(TABLE1_ROWS) == {"extended"}
+    assert set(ROWS) - set(TABLE1_ROWS) == {"extended", "sfh"}
 
 
 def test_training_set_with_extended_rows(tmp_path):
@@ -88,3 +93,69 @@ def test_training_set_with_extended_rows(tmp_path):
     assert np.bincount(train["av_index"][ext], minlength=16).tolist() == [n_ext] * 16
     unseen = load_split(path, "test_unseen", ("row",))
     assert not (unseen["row"] == ROWS.index("extended")).any()  # test_unseen: unseen combinations only
+
+
+def test_synthetic_metrics_score_the_paper_rows_and_the_extended_rows_apart(tmp_path):
+    from specfm.galaxies.model import GalProTE, GalProTEConfig
+    from specfm.galaxies.training import synthetic_metrics
+
+    from test_galaxies_model import TINY_ARCH
+
+    grid = tiny_grid()
+    path = tmp_path / "ext.h5"
+    build_training_set(grid, path, seed=4, progress=False, extended=2.0, **TINY)
+    torch_model = GalProTE(GalProTEConfig(n_z=N_Z, n_age=N_AGE, **TINY_ARCH), log_age=grid.log_age, mh=grid.mh,
+                           av_levels=np.arange(16) / 10).eval()
+    m = synthetic_metrics(torch_model, path)
+    test = load_split(path, "test", ("row",))
+    n_ext = int((test["row"] == ROWS.index("extended")).sum())
+    assert 0 < n_ext < m["test"]["n"]
+    parts = m["test"]["by_population"]
+    assert set(parts) == {"table1", "beyond_paper"}
+    # the pooled bias is the count-weighted mean of the two parts' biases
+    pooled = ((m["test"]["n"] - n_ext) * parts["table1"]["log_age"]["bias"]
+              + n_ext * parts["beyond_paper"]["log_age"]["bias"])
+    assert m["test"]["log_age"]["bias"] == pytest.approx(pooled / m["test"]["n"])
+    assert "by_population" not in m["test_unseen"]  # no extended rows there
+
+
+def sfh(**kw) -> np.ndarray:
+    base = dict(t_start_gyr=12.0, tau_gyr=2.0, burst_frac=0.0, burst_age_gyr=0.1, mh_mu=-0.4, mh_sigma=0.2,
+                amr_slope=0.0, unused=0.0)
+    base.update(kw)
+    return np.array([[base[k] for k in SFH_PARAMS]])
+
+
+def test_delayed_tau_mass_integral_by_hand():
+    """tau -> infinity: SFR ~ (t_start - age); the mass over the grid's age bins is its integral."""
+    age = 10 ** LOG_AGE / 1e9
+    m = _age_bin_mass(age, np.array([20.0]), np.array([1e9]))[0]
+    half = (LOG_AGE[1] - LOG_AGE[0]) / 2
+    lo, hi = 10 ** (LOG_AGE[0] - half) / 1e9, 10 ** (LOG_AGE[-1] + half) / 1e9
+    exact = 20.0 * (hi - lo) - (hi**2 - lo**2) / 2 if hi < 20 else None
+    assert exact is not None and m.sum() == pytest.approx(exact, rel=1e-3)
+    assert (m[:-1] > 0).all()
+    none_yet = _age_bin_mass(age, np.array([1.0]), np.array([1.0]))[0]
+    assert none_yet[age > 1.2].sum() == 0  # nothing formed before the start
+
+
+def test_sfh_light_is_mass_times_the_templates_light_per_mass():
+    norm = np.ones((MH.size, LOG_AGE.size))
+    flat = sfh_weights(sfh(), LOG_AGE, MH, norm)[0]
+    norm[:, 20] = 3.0  # one age three times brighter per unit mass
+    bright = sfh_weights(sfh(), LOG_AGE, MH, norm)[0]
+    ratio = bright.sum(axis=0)[[5, 20]] / flat.sum(axis=0)[[5, 20]]
+    assert ratio[1] / ratio[0] == pytest.approx(3.0)
+    assert bright.sum() == pytest.approx(1.0) and bright.min() >= 0
+    burst = sfh_weights(sfh(burst_frac=1.0, burst_age_gyr=0.1), LOG_AGE, MH, np.ones_like(norm))[0]
+    assert burst.sum(axis=0)[np.argmin(np.abs(LOG_AGE - 8.0))] == pytest.approx(1.0)
+
+
+def test_draw_sfh_covers_old_and_young_light():
+    p = draw_sfh(3000, LOG_AGE, MH, np.random.default_rng(0))
+    col = dict(zip(SFH_PARAMS, p.T))
+    assert 1.0 <= col["t_start_gyr"].min() and col["t_start_gyr"].max() <= 13.5
+    assert 0.4 < np.mean(col["burst_frac"] > 0) < 0.6
+    w = sfh_weights(p, LOG_AGE, MH, np.ones((MH.size, LOG_AGE.size)))
+    age, _ = light_weighted(w, LOG_AGE, MH)
+    assert age.min() < 8.8 and age.max() > 9.8

@@ -195,3 +195,40 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, model_files, capsys):
     assert cli.main(base + ["--z-from-file", str(tmp_path / "s.fits")]) == 2
     assert "s.fits: no redshift in the file" in capsys.readouterr().err
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_sdss_example_table_with_inverse_variance(tmp_path):
+    """The layout of the SDSS spectra in the pPXF sdist (the sdss3 target): wavelength, flux,
+    inverse_variance columns, a model column to ignore; ivar 0 is a masked pixel."""
+    wave = 3800.0 * 10 ** (1e-4 * np.arange(3000))
+    ivar = np.full(wave.size, 4.0)
+    ivar[100:110] = 0.0
+    t = tmp_path / "sdss.fits"
+    Table({"flux": np.full(wave.size, 10.0), "best_fit": np.zeros(wave.size), "wavelength": wave,
+           "and_mask": np.zeros(wave.size, np.int32), "inverse_variance": ivar}).write(t)
+    (spec,) = read_spectra(t, frame="vacuum")
+    np.testing.assert_allclose(spec.var[:100], 0.25)
+    assert np.isnan(spec.var[100:110]).all() and np.isnan(spec.flux[100:110]).all()
+    np.testing.assert_allclose(spec.wave, vacuum_to_air(wave))
+
+
+def test_source_members_are_checked_and_named(tmp_path):
+    import tarfile
+
+    from specfm.fetch.sources import sha256_file, unpack_source
+    from specfm.galaxies.steps import source_members
+
+    for name in ("a.fits", "b.fits", "c.txt"):
+        (tmp_path / name).write_bytes(name.encode())
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("a.fits", "b.fits", "c.txt"):
+            tar.add(tmp_path / name, arcname=f"pkg-1.0/spectra/{name}")
+    manifest = tmp_path / "src" / "manifest.json"
+    unpack_source(archive, ["*/spectra/*.fits"], manifest, sha256=sha256_file(archive), what="test pin")
+    assert [p.name for p in source_members(manifest, ["b.fits", "a.fits"])] == ["b.fits", "a.fits"]
+    with pytest.raises(ValueError, match=r"manifest.json: lists 0 files named 'c.txt'"):
+        source_members(manifest, ["c.txt"])
+    (manifest.parent / "files" / "a.fits").write_bytes(b"changed")
+    with pytest.raises(Exception, match="a.fits"):
+        source_members(manifest, ["a.fits"])

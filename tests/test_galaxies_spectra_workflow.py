@@ -58,5 +58,11 @@ def test_tiny_spectra_target_end_to_end(tmp_path):
     table = Table.read(wf / out)
     assert list(table["spectrum"]) == ["a.fits", "b.csv"] and list(table["redshift"]) == [0.004, 0.006]
     assert np.all(table["ppxf_ok"]) and np.all(np.isfinite(table["log_age"]))
+    import json
+
+    agreement = json.loads((wf / "results/galaxies/mine_spectra_metrics.json").read_text())
+    d = np.asarray(table["log_age"]) - np.asarray(table["ppxf_log_age"])
+    assert agreement["model_vs_ppxf"]["LOGAGE"]["mean_abs"] == pytest.approx(np.abs(d).mean(), rel=1e-6)
+    assert agreement["n_ppxf_ok"] == 2 and len(agreement["headline"]) == 3
     verify = subprocess.run([f"{BIN}/specfm", "verify"], cwd=wf, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout

@@ -117,9 +117,15 @@ def _check_references(config: dict[str, Any]) -> None:
         need(name, sets, "demo.galaxies_templates", "template set")
     targets = gal.get("targets", {})
     for name, entry in targets.items():
-        for field in ("cube", "maps"):
+        for field in ("cube", "maps", "source"):
             if field in entry:
                 need(entry[field], sources, f"galaxies.targets.{name}.{field}", "source")
+        if entry["kind"] == "spectra" and "redshift" not in entry and "redshifts" not in entry:
+            raise ConfigError(f"config key 'galaxies.targets.{name}': kind spectra needs redshift (one z for every "
+                              "file) or redshifts (one per spectrum)")
+        if "source" in entry and not sources[entry["source"]].get("members"):
+            raise ConfigError(f"config key 'galaxies.targets.{name}.source': source '{entry['source']}' "
+                              "unpacks no members; its files cannot be named")
         if entry["kind"] == "phangs" and "cube" not in entry:
             raise ConfigError(f"config key 'galaxies.targets.{name}.cube': required for kind 'phangs'")
     for name in gal.get("build", []):

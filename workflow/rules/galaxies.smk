@@ -41,7 +41,7 @@ rule galaxies_templates_figure:
 
 
 rule galaxies_training_set:
-    """Table 1 singles, replicas and 2..5-population mixtures (+ extended populations if configured)
+    """Table 1 singles, replicas and 2..5-population mixtures (+ extended populations and SFHs if configured)
     x 16 A_V levels, noise phases; splits
     train / validation / test (other noise) / test_unseen (combinations never seen in training)."""
     input:
@@ -55,6 +55,7 @@ rule galaxies_training_set:
         size_factor=GAL["trainset"]["size_factor"],
         augment=GAL["trainset"]["augment"],
         extended=GAL["trainset"]["extended"],
+        sfh=GAL["trainset"]["sfh"],
         seed=derived_seed("galaxies_trainset"),
     resources:
         mem_mb=8000,
@@ -262,7 +263,8 @@ rule galaxies_spectra:
         model=GALPROTE_MODEL,
         templates=TRAINING_TEMPLATES,
     output:
-        with_prov("results/galaxies/{galaxy}_spectra.parquet"),
+        table=with_prov("results/galaxies/{galaxy}_spectra.parquet"),
+        metrics=with_prov("results/galaxies/{galaxy}_spectra_metrics.json"),
     log:
         "logs/galaxies/{galaxy}_spectra.log",
     benchmark:

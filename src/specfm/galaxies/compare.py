@@ -119,6 +119,7 @@ def _seconds(timing: Mapping | None, name: str) -> float:
 
 
 HEADLINE_NAMES = {"LOGAGE": "log age [dex]", "MH": "[M/H] [dex]", "AV": "A_V [mag]"}
+BIAS_TARGETS = {"LOGAGE": 0.05, "MH": 0.05, "AV": 0.03}  # issue 14: |bias| against a mock's truth
 
 
 def headline(out: Mapping) -> list[dict]:
@@ -130,6 +131,9 @@ def headline(out: Mapping) -> list[dict]:
             rows.append({"metric": f"GalProTE {name} scatter vs truth", "value": out["model"]["vs_truth"][q]["scatter"],
                          "reference": "pPXF", "reference_value": out["ppxf"]["vs_truth"][q]["scatter"],
                          "target": None})
+            rows.append({"metric": f"GalProTE {name} |bias| vs truth", "value": abs(out["model"]["vs_truth"][q]["bias"]),
+                         "reference": "pPXF", "reference_value": abs(out["ppxf"]["vs_truth"][q]["bias"]),
+                         "target": BIAS_TARGETS[q]})
         else:
             rows.append({"metric": f"GalProTE - pPXF {name} scatter", "value": out["model_vs_ppxf"][q]["scatter"],
                          "reference": "pPXF", "reference_value": 0.0, "target": None})
@@ -179,6 +183,26 @@ def compare_maps(model_maps: Maps, ppxf_maps: Maps, truth=None, *, timing: Mappi
         "residuals": "data - fit on the fitted pixels, units of the median-normalised spectrum; pooled over bins",
         "speed_ratio": "pPXF seconds per spectrum / model seconds per spectrum",
     }
+    return out
+
+
+SPECTRA_COLUMNS = {"LOGAGE": "log_age", "MH": "mh", "AV": "av"}
+
+
+def spectra_agreement(table: Mapping) -> dict:
+    """GalProTE - pPXF per spectrum of a `single.predict_table` table (rows pPXF fitted): bias,
+    scatter, median, rmse and mean |difference| per quantity, with the report's headline rows."""
+    ok = np.asarray(table.get("ppxf_ok", []), bool)
+    out = {"n_spectra": int(len(table["log_age"])), "n_ppxf_ok": int(ok.sum()), "model_vs_ppxf": {}}
+    rows = []
+    for q, col in SPECTRA_COLUMNS.items():
+        d = np.asarray(table[col], float)[ok] - np.asarray(table[f"ppxf_{col}"], float)[ok]
+        stats = {**diff_stats(d), "mean_abs": float(np.mean(np.abs(d))) if d.size else float("nan")}
+        out["model_vs_ppxf"][q] = stats
+        rows.append({"metric": f"GalProTE - pPXF {HEADLINE_NAMES[q]} mean |diff|, {d.size} spectra",
+                     "value": stats["mean_abs"], "reference": "pPXF", "reference_value": 0.0, "target": None})
+    out["headline"] = rows if ok.any() else [{"metric": "spectra predicted (no pPXF fits)",
+                                              "value": out["n_spectra"], "target": None}]
     return out
 
 

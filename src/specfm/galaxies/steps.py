@@ -91,18 +91,19 @@ MODEL_CODE = [*CODE, "specfm.galaxies.trainset", "specfm.galaxies.model", "specf
 
 
 def training_set(templates_path: str | Path, out: str | Path, *, size_factor: float, seed: int,
-                 augment: dict | None = None, extended: float = 0.0, code_files=()) -> None:
+                 augment: dict | None = None, extended: float = 0.0, sfh: float = 0.0, code_files=()) -> None:
     """Templates -> GalProTE training set (Table 1 recipe; train/validation/test/test_unseen), with the
-    ``augment`` fields of `trainset.Recipe` (kinematics, continuum tilt) where given and ``extended``
-    x n_t extended populations per A_V level."""
+    ``augment`` fields of `trainset.Recipe` (kinematics, continuum tilt) where given, and ``extended`` /
+    ``sfh`` x n_t extended populations / star-formation histories per A_V level."""
     from .trainset import build_training_set
 
     start = time.perf_counter()
     augment = dict(augment or {})
     info = build_training_set(read_template_table(templates_path), out, size_factor=size_factor, seed=seed,
-                              extended=extended, **augment)
+                              extended=extended, sfh=sfh, **augment)
     log.info("wrote %s: %s spectra per split in %.1f s", out, info["counts"], time.perf_counter() - start)
-    params = {"size_factor": size_factor, **augment, **({"extended": extended} if extended else {})}
+    beyond = {k: v for k, v in (("extended", extended), ("sfh", sfh)) if v}
+    params = {"size_factor": size_factor, **augment, **beyond}
     provenance.write(out, inputs={"templates": templates_path}, params=params,
                      seed=seed,
                      code=MODEL_CODE, code_files=code_files, step="galaxies_training_set")
@@ -317,10 +318,25 @@ def bench(model_path: str | Path, templates_path: str | Path, bins_path: str | P
              result["ppxf_seconds_per_spectrum"], result["speed_ratio"])
 
 
+def source_members(manifest: str | Path, names) -> list[Path]:
+    """The unpacked, checksum-checked files ``names`` (file names) that a source's manifest lists, in
+    the order given; ValueError naming the manifest and the missing name."""
+    out = []
+    for name in names:
+        got = manifest_files(manifest, name)
+        if len(got) != 1:
+            raise ValueError(f"{manifest}: lists {len(got)} files named {name!r} (expected one); "
+                             "add it to the source's members")
+        out += got
+    return out
+
+
 def predict_spectra(spectra, redshifts, model_path: str | Path, templates_path: str | Path, out: str | Path, *,
                     frame: str | None = None, clip_frac: float = 0.05, ppxf_degree: int | None = None,
-                    max_bad_frac: float = 0.2, inference: dict | None = None, code_files=()) -> dict:
-    """A user's single spectra (files; several per file allowed) -> GalProTE table (.parquet/.fits/.csv).
+                    max_bad_frac: float = 0.2, inference: dict | None = None, metrics_out: str | Path | None = None,
+                    code_files=()) -> dict:
+    """A user's single spectra (files; several per file allowed) -> GalProTE table (.parquet/.fits/.csv),
+    and with ``metrics_out`` the GalProTE - pPXF agreement (`compare.spectra_agreement`, JSON).
 
     ``redshifts``: one per spectrum, one for all, or None (each file's own: `single.file_redshifts`).
     The preprocessing is the cube bins' (`specfm.galaxies.single`); ``ppxf_degree`` adds the pPXF
@@ -356,9 +372,17 @@ def predict_spectra(spectra, redshifts, model_path: str | Path, templates_path: 
               "clip_frac": clip_frac, "ppxf_degree": ppxf_degree, "max_bad_frac": max_bad_frac,
               "inference": inference or {}}
     inputs = {"model": model_path, "templates": templates_path, **{f"spectrum_{i}": p for i, p in enumerate(spectra)}}
-    provenance.write(out, inputs=inputs, params=params, code=[*MODEL_CODE, "specfm.galaxies.single",
-                     "specfm.galaxies.preprocessing", "specfm.galaxies.cube", "specfm.galaxies.cube_io",
-                     "specfm.galaxies.manga",
-                     "specfm.galaxies.ppxf_fit", "specfm.galaxies.fast_inference"], code_files=code_files,
+    code = [*MODEL_CODE, "specfm.galaxies.single", "specfm.galaxies.preprocessing", "specfm.galaxies.cube",
+            "specfm.galaxies.cube_io", "specfm.galaxies.manga", "specfm.galaxies.ppxf_fit",
+            "specfm.galaxies.fast_inference"]
+    provenance.write(out, inputs=inputs, params=params, code=code, code_files=code_files,
                      step="galaxies_predict_spectra")
+    if metrics_out is not None:
+        from specfm.io import write_json_atomic
+
+        from .compare import spectra_agreement
+
+        write_json_atomic(metrics_out, spectra_agreement(table))
+        provenance.write(metrics_out, inputs={"table": out}, params=params, code=[*code, "specfm.galaxies.compare"],
+                         code_files=code_files, step="galaxies_predict_spectra")
     return table

@@ -23,7 +23,7 @@ from specfm.train import (checkpoint_dir_for, choose_device, evaluate, fit, load
 
 from .model import GalProTE, GalProTEConfig, clip_grid, fused_for_inference, galprote_loss
 from .template_table import TemplateGrid
-from .trainset import attenuation_factors, model_spectra, read_meta, read_templates, split_tensors
+from .trainset import BEYOND_ROWS, ROWS, attenuation_factors, model_spectra, read_meta, read_templates, split_tensors
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _stats(d: np.ndarray) -> dict:
 # values outside are counted apart (``resid_below`` / ``resid_above``) rather than dropped
 RESID_EDGES_PCT = np.linspace(-50.0, 50.0, 401)
 PER_SPECTRUM = ("log_age_pred", "log_age_true", "mh_pred", "mh_true", "av_pred", "av_true", "pct_mse",
-                "pct_mse_truth", "noise_level")
+                "pct_mse_truth", "noise_level", "extended")
 
 
 def synthetic_predictions(model: GalProTE, trainset_path, splits=("test", "test_unseen"), *,
@@ -258,6 +258,7 @@ def synthetic_predictions(model: GalProTE, trainset_path, splits=("test", "test_
                 acc["av_pred"].append(av_pred)
                 acc["av_true"].append(av_true)
                 acc["noise_level"].append(g["noise_level"][lo:hi])
+                acc["extended"].append(np.isin(g["row"][lo:hi], [ROWS.index(r) for r in BEYOND_ROWS]))
         p = {k: (np.concatenate(v).astype(np.float64) if v else np.zeros(0)) for k, v in acc.items()}
         p.update(n=int(n), n_points=int(n * templates.mask.sum()), resid_sum=float(r_sum), resid_sq=float(r_sq),
                  resid_hist=hist, resid_below=below, resid_above=above)
@@ -279,13 +280,23 @@ def metrics_from_predictions(predictions: dict) -> dict:
              "pct_mse_truth_mean": float(p["pct_mse_truth"].mean()),
              "resid_mean_pct": float(100 * r_mean),
              "resid_std_pct": float(100 * np.sqrt(p["resid_sq"] / p["n_points"] - r_mean**2))}
-        for name in ("log_age", "mh", "av"):
-            pred, true = p[f"{name}_pred"], p[f"{name}_true"]
-            m[name] = {**_stats(pred - true), "r": _corr(pred, true)}
+        m.update(_label_stats(p))
+        ext = np.asarray(p.get("extended", np.zeros(0)), bool)
+        if ext.size == n and ext.any():  # the paper's rows and the extended populations apart
+            m["by_population"] = {"table1": _label_stats(p, ~ext), "beyond_paper": _label_stats(p, ext)}
         d_av = p["av_pred"] - p["av_true"]
         m["av_accuracy"] = float((np.abs(d_av) < 0.5 * _level_step(p["av_true"])).mean())
         m["av_within_0p1"] = float((np.abs(d_av) < 0.1 + 1e-3).mean())
         out[split] = m
+    return out
+
+
+def _label_stats(p: dict, sel=slice(None)) -> dict:
+    """Bias / scatter / rmse / Pearson r of log age, [M/H] and A_V over the spectra ``sel``."""
+    out = {}
+    for name in ("log_age", "mh", "av"):
+        pred, true = p[f"{name}_pred"][sel], p[f"{name}_true"][sel]
+        out[name] = {**_stats(pred - true), "r": _corr(pred, true)}
     return out
 
 

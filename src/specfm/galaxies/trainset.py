@@ -67,12 +67,14 @@ log = logging.getLogger(__name__)
 FORMAT = "specfm.galaxies.trainset/1"
 SPLITS = ("train", "validation", "test", "test_unseen")
 MAX_POP = 5
-ROWS = ("original", "replica", "combo2", "combo3", "combo4", "combo5", "extended")
-TABLE1_ROWS = ROWS[:6]  # the paper's; "extended" (beyond the paper) is `Recipe.extended` x n_t
+ROWS = ("original", "replica", "combo2", "combo3", "combo4", "combo5", "extended", "sfh")
+TABLE1_ROWS = ROWS[:6]  # the paper's; "extended" and "sfh" (beyond the paper): `Recipe.extended` / `.sfh` x n_t
+BEYOND_ROWS = ROWS[6:]
 ROW_POP = {"original": 1, "replica": 1, "combo2": 2, "combo3": 3, "combo4": 4, "combo5": 5}
 ROW_MULT = {"original": 1, "replica": 2, "combo2": 2, "combo3": 2, "combo4": 2, "combo5": 2}  # x n_t
 EXTENDED_PARAMS = ("age_mu", "age_sigma", "second_frac", "second_mu", "second_sigma", "mh_mu", "mh_sigma",
                    "amr_slope")
+SFH_PARAMS = ("t_start_gyr", "tau_gyr", "burst_frac", "burst_age_gyr", "mh_mu", "mh_sigma", "amr_slope", "unused")
 CHUNK_ROWS = 64  # HDF5 chunk: 64 spectra (224 KB of spectra), small enough for random lazy reads
 BLOCK = 4096  # spectra computed and written per step (a multiple of CHUNK_ROWS)
 
@@ -105,27 +107,32 @@ class Recipe:
     # Extended populations beyond the paper (0 = off): this many x n_t spectra per A_V level whose
     # light spreads over many ages and metallicities, as in a real galaxy (`extended_weights`)
     extended: float = 0.0
+    # Star-formation histories beyond the paper (0 = off): this many x n_t spectra per A_V level of a
+    # delayed-tau SFH (+ a burst) in mass, turned into light with the templates' M/L (`sfh_weights`)
+    sfh: float = 0.0
 
 
 # ------------------------------------------------------------------------------------ counts
 
 
-def table1_counts(n_templates: int, size_factor: float = 1.0, n_av: int = 16, extended: float = 0.0) -> dict:
-    """Table 1 rows per A_V level scaled by ``size_factor`` (plus ``extended`` x n_t extended
-    populations, 0 in the paper), the per-level sum and the total (no spectra).
+def table1_counts(n_templates: int, size_factor: float = 1.0, n_av: int = 16, extended: float = 0.0,
+                  sfh: float = 0.0) -> dict:
+    """Table 1 rows per A_V level scaled by ``size_factor`` (plus ``extended`` and ``sfh`` x n_t rows
+    beyond the paper, 0 in it), the per-level sum and the total (no spectra).
 
     >>> table1_counts(636)["total"]
     111936
     """
     rows = {r: int(round(size_factor * ROW_MULT[r] * n_templates)) for r in TABLE1_ROWS}
     rows["extended"] = int(round(size_factor * extended * n_templates))
+    rows["sfh"] = int(round(size_factor * sfh * n_templates))
     per_level = sum(rows.values())
     return {"rows": rows, "per_level": per_level, "n_av": n_av, "total": per_level * n_av}
 
 
 def split_counts(n_templates: int, recipe: Recipe) -> dict:
     """Number of spectra in each split for this recipe."""
-    base = table1_counts(n_templates, recipe.size_factor, recipe.n_av, recipe.extended)["total"]
+    base = table1_counts(n_templates, recipe.size_factor, recipe.n_av, recipe.extended, recipe.sfh)["total"]
     unseen = table1_counts(n_templates, recipe.size_factor * recipe.unseen_fraction, recipe.n_av)["total"]
     return {
         "train": base,
@@ -159,22 +166,23 @@ class BaseSet:
     raw: np.ndarray  # [N, 5] float64 drawn weights (sum 1), 0 where no component
     av_index: np.ndarray  # [N] int8
     row: np.ndarray  # [N] int8 index into ROWS
-    params: np.ndarray  # [N, 8] `extended_weights` parameters of "extended" rows (EXTENDED_PARAMS), NaN else
+    params: np.ndarray  # [N, 8] parameters of "extended" (EXTENDED_PARAMS) and "sfh" rows (SFH_PARAMS), NaN else
 
     def __len__(self):
         return self.av_index.size
 
 
 def draw_base(n_templates: int, rows: dict, n_av: int, rng: np.random.Generator, *,
-              held: bool, fraction: float, salt: str, extended_rng: np.random.Generator | None = None,
+              held: bool, fraction: float, salt: str, beyond_rngs: dict | None = None,
               axes: tuple | None = None) -> BaseSet:
     """Draw the base set: for each A_V level, for each Table 1 row, its count of combinations.
 
     ``held=False`` keeps only combinations outside the held-out share (train/validation/test);
     ``held=True`` only those inside it (test_unseen). Singles cycle through the allowed templates,
     starting at a per-level offset so that small size factors still cover every template.
-    ``rows["extended"]`` rows (if any) close each level, drawn from ``extended_rng`` over the grid
-    ``axes`` = (log_age, mh), so the other rows are the same with or without them.
+    ``rows["extended"]`` and ``rows["sfh"]`` rows (if any) close each level, drawn from
+    ``beyond_rngs[row]`` over the grid ``axes`` = (log_age, mh), so the other rows are the same with
+    or without them.
     """
     ok = lambda key: is_held_out(key, fraction, salt) == held  # noqa: E731
     singles = np.array([t for t in range(n_templates) if ok((t,))], dtype=np.int64)
@@ -214,11 +222,12 @@ def draw_base(n_templates: int, rows: dict, n_av: int, rng: np.random.Generator,
             w[:, :k] = u / u.sum(axis=1, keepdims=True)
             comps.append(c), raws.append(w)
             row_ids.append(np.full(n, ROWS.index(r)))
-        n_ext = rows.get("extended", 0)
-        if n_ext:
-            params.append(draw_extended(n_ext, *axes, extended_rng))
-            comps.append(np.full((n_ext, MAX_POP), -1, np.int64)), raws.append(np.zeros((n_ext, MAX_POP)))
-            row_ids.append(np.full(n_ext, ROWS.index("extended")))
+        for r, draw in (("extended", draw_extended), ("sfh", draw_sfh)):
+            n = rows.get(r, 0)
+            if n:
+                params.append(draw(n, *axes, beyond_rngs[r]))
+                comps.append(np.full((n, MAX_POP), -1, np.int64)), raws.append(np.zeros((n, MAX_POP)))
+                row_ids.append(np.full(n, ROWS.index(r)))
         n_level = sum(rows.values())
         avs.append(np.full(n_level, level))
     if not comps:
@@ -227,7 +236,7 @@ def draw_base(n_templates: int, rows: dict, n_av: int, rng: np.random.Generator,
     row = np.concatenate(row_ids).astype(np.int8)
     full = np.full((row.size, len(EXTENDED_PARAMS)), np.nan)
     if params:
-        full[row == ROWS.index("extended")] = np.concatenate(params)
+        full[np.isin(row, [ROWS.index(r) for r in BEYOND_ROWS])] = np.concatenate(params)
     return BaseSet(np.concatenate(comps).astype(np.int16), np.concatenate(raws),
                    np.concatenate(avs).astype(np.int8), row, full)
 
@@ -313,17 +322,75 @@ def extended_weights(params, log_age, mh) -> np.ndarray:
     return age[:, None, :] * pz
 
 
-def base_weights(src: BaseSet, idx, log_age, mh, prior, smooth) -> np.ndarray:
-    """[B, n_Z, n_age] weights of base rows ``idx``: Table 1 rows through `grid_weights`, extended
-    rows through `extended_weights` (already smooth; the [M/H] prior is in their draw)."""
+def draw_sfh(n: int, log_age, mh, rng: np.random.Generator) -> np.ndarray:
+    """[n, 8] `sfh_weights` parameters (columns SFH_PARAMS), drawn wide: star formation started
+    U(1, 13.5) Gyr ago with a delayed-tau rate, tau log-uniform in 0.1-15 Gyr; in half of the draws a
+    burst of log-uniform 0.1-20 % of the mass at an age log-uniform between the grid's youngest and
+    3 Gyr; [M/H] as in `draw_extended`."""
+    la, z = np.asarray(log_age, float), np.asarray(mh, float)
+    young = 10 ** la.min() / 1e9
+    p = np.zeros((n, len(SFH_PARAMS)))
+    p[:, 0] = rng.uniform(1.0, 13.5, n)
+    p[:, 1] = 10 ** rng.uniform(np.log10(0.1), np.log10(15.0), n)
+    p[:, 2] = np.where(rng.random(n) < 0.5, 10 ** rng.uniform(-3.0, np.log10(0.2), n), 0.0)
+    p[:, 3] = 10 ** rng.uniform(np.log10(young), np.log10(3.0), n)
+    p[:, 4] = rng.uniform(z.min(), z.max(), n)
+    p[:, 5] = rng.uniform(0.05, 0.5, n)
+    p[:, 6] = rng.uniform(-0.3, 0.3, n)
+    return p
+
+
+def _age_bin_mass(age_gyr, t_start, tau, n_sub: int = 64) -> np.ndarray:
+    """[B, n_age] mass formed in each age bin (edges halfway in log age) by a delayed-tau rate
+    SFR(t) ~ t exp(-t / tau), t = t_start - age the time since the start, by the midpoint rule."""
+    la = np.log10(age_gyr)
+    edges = np.concatenate([[la[0] - (la[1] - la[0]) / 2], (la[1:] + la[:-1]) / 2, [la[-1] + (la[-1] - la[-2]) / 2]])
+    u = (np.arange(n_sub) + 0.5) / n_sub
+    sub = 10 ** (edges[:-1, None] + u[None, :] * np.diff(edges)[:, None])  # [n_age, n_sub] ages in Gyr
+    dt = sub * np.log(10.0) * (np.diff(edges)[:, None] / n_sub)  # d(age) = age ln10 d(log age)
+    t = t_start[:, None, None] - sub[None]
+    rate = np.where(t > 0, t * np.exp(-t / tau[:, None, None]), 0.0)
+    return (rate * dt[None]).sum(axis=-1)
+
+
+def sfh_weights(params, log_age, mh, norm) -> np.ndarray:
+    """[B, n_Z, n_age] light fractions of a delayed-tau SFH plus a burst (mass), with [M/H] per age a
+    Gaussian about mh_mu + amr_slope (log age - 9.5), turned into light with ``norm`` [n_Z, n_age]
+    (the templates' median flux per unit mass, `TemplateGrid.norm`). An old population dominates
+    the light of such an SFH less than its mass; the model must see both."""
+    p = np.asarray(params, float)
+    col = {name: p[:, i] for i, name in enumerate(SFH_PARAMS)}
+    age_gyr = 10 ** np.asarray(log_age, float) / 1e9
+    mass = _age_bin_mass(age_gyr, col["t_start_gyr"], col["tau_gyr"])
+    mass /= np.maximum(mass.sum(axis=1, keepdims=True), 1e-300)
+    burst = np.abs(np.log10(age_gyr)[None, :] - np.log10(col["burst_age_gyr"])[:, None]).argmin(axis=1)
+    mass *= (1.0 - col["burst_frac"])[:, None]
+    mass[np.arange(len(p)), burst] += col["burst_frac"]
+    la = np.asarray(log_age, float)[None, :]
+    centre = col["mh_mu"][:, None] + col["amr_slope"][:, None] * (la - 9.5)  # [B, n_age]
+    z = np.asarray(mh, float)[None, :, None]
+    pz = _gauss_on_grid(z, centre[:, None, :], col["mh_sigma"][:, None, None], 1)  # [B, n_Z, n_age]
+    light = mass[:, None, :] * pz * np.asarray(norm, float)[None]
+    return light / light.sum(axis=(1, 2), keepdims=True)
+
+
+def base_weights(src: BaseSet, idx, templates: TemplateGrid, prior, smooth) -> np.ndarray:
+    """[B, n_Z, n_age] weights of base rows ``idx``: Table 1 rows through `grid_weights`, the rows
+    beyond the paper through `extended_weights` / `sfh_weights` (smooth already; their [M/H] is drawn)."""
+    log_age, mh = templates.log_age, templates.mh
     shape = (len(mh), len(log_age))
-    ext = src.row[idx] == ROWS.index("extended")
+    idx = np.asarray(idx)
+    row = src.row[idx]
     w = np.empty((len(idx), *shape))
-    if (~ext).any():
-        i = np.asarray(idx)[~ext]
-        w[~ext] = grid_weights(src.components[i].astype(np.int64), src.raw[i], shape, prior, smooth)
+    paper = ~np.isin(row, [ROWS.index(r) for r in BEYOND_ROWS])
+    if paper.any():
+        i = idx[paper]
+        w[paper] = grid_weights(src.components[i].astype(np.int64), src.raw[i], shape, prior, smooth)
+    ext, sfh = row == ROWS.index("extended"), row == ROWS.index("sfh")
     if ext.any():
-        w[ext] = extended_weights(src.params[np.asarray(idx)[ext]], log_age, mh)
+        w[ext] = extended_weights(src.params[idx[ext]], log_age, mh)
+    if sfh.any():
+        w[sfh] = sfh_weights(src.params[idx[sfh]], log_age, mh, templates.norm)
     return w
 
 
@@ -434,7 +501,7 @@ def add_noise(flux, level, rng: np.random.Generator, *, n_patches=(15, 25), widt
 def _seeds(seed: int) -> dict:
     # new streams go at the end: SeedSequence children keep their index, so old streams stay the same
     names = ("base", "unseen", "subsets", *(f"noise_{s}" for s in SPLITS), *(f"augment_{s}" for s in SPLITS),
-             "extended")
+             "extended", "sfh")
     return dict(zip(names, np.random.SeedSequence(seed).spawn(len(names))))
 
 
@@ -458,10 +525,11 @@ def build_training_set(templates: TemplateGrid, out_path, *, size_factor: float 
     mask = np.asarray(templates.mask, bool)
     seeds = _seeds(seed)
     levels = av_levels(recipe.n_av, recipe.av_max)
-    table = table1_counts(n_t, recipe.size_factor, recipe.n_av, recipe.extended)
+    table = table1_counts(n_t, recipe.size_factor, recipe.n_av, recipe.extended, recipe.sfh)
     salt, frac = recipe.unseen_salt, recipe.unseen_fraction
     base = draw_base(n_t, table["rows"], recipe.n_av, np.random.default_rng(seeds["base"]),
-                     held=False, fraction=frac, salt=salt, extended_rng=np.random.default_rng(seeds["extended"]),
+                     held=False, fraction=frac, salt=salt,
+                     beyond_rngs={r: np.random.default_rng(seeds[r]) for r in BEYOND_ROWS},
                      axes=(templates.log_age, templates.mh))
     unseen_rows = table1_counts(n_t, recipe.size_factor * frac, recipe.n_av)["rows"]
     unseen = (draw_base(n_t, unseen_rows, recipe.n_av, np.random.default_rng(seeds["unseen"]),
@@ -524,7 +592,7 @@ def build_training_set(templates: TemplateGrid, out_path, *, size_factor: float 
                     hi = min(lo + BLOCK, n)
                     bi = idx[lo:hi]
                     comp, avi = src.components[bi], src.av_index[bi]
-                    w = base_weights(src, bi, templates.log_age, templates.mh, prior, smooth)
+                    w = base_weights(src, bi, templates, prior, smooth)
                     aug = (Augmentation.draw(hi - lo, recipe, aug_rng) if _augments(recipe, split)
                            else Augmentation.none(hi - lo))
                     clean = model_spectra(flux_flat, mask, factors[avi], w.reshape(-1, n_t),

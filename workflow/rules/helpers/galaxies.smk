@@ -19,7 +19,8 @@ SPECTRA_TARGETS = [g for g, t in GAL["targets"].items() if t["kind"] == "spectra
 
 
 def galaxies_targets():
-    out = [f"results/galaxies/{g}_spectra.parquet" for g in GAL["build"] if target_kind(g) == "spectra"]
+    out = [f"results/galaxies/{g}_spectra{suffix}" for g in GAL["build"] if target_kind(g) == "spectra"
+           for suffix in (".parquet", "_metrics.json")]
     for galaxy in cube_galaxies():
         out += [
             f"results/{galaxy}_maps.fits",
@@ -39,7 +40,10 @@ def galaxies_demo_targets():
 
 
 def galaxies_metrics_files():
-    return [f"results/galaxies/{galaxy}_metrics.json" for galaxy in cube_galaxies()]
+    """Each built cube's metrics, then each built spectra target's GalProTE - pPXF agreement."""
+    spectra = [g for g in GAL["build"] if target_kind(g) == "spectra"]
+    return ([f"results/galaxies/{galaxy}_metrics.json" for galaxy in cube_galaxies()]
+            + [f"results/galaxies/{g}_spectra_metrics.json" for g in spectra])
 
 
 def galaxies_report_figures():
@@ -113,13 +117,18 @@ def bin_params(wildcards):
 
 
 def spectra_files(wildcards):
-    """A `spectra` target's files: paths (relative to the repository root) as given in config."""
-    return list(GAL["targets"][wildcards.galaxy]["files"])
+    """A `spectra` target's files: paths (relative to the repository root) as given in config, or
+    the manifest of its `source` (its files are then members that source unpacks)."""
+    target = GAL["targets"][wildcards.galaxy]
+    if target.get("source"):
+        return [manifest_path(target["source"])]
+    return list(target["files"])
 
 
 def spectra_params(wildcards):
     target = GAL["targets"][wildcards.galaxy]
     return {
+        "members": list(target["files"]) if target.get("source") else None,
         "redshifts": target.get("redshifts") or [target["redshift"]],
         "frame": target.get("frame"),
         "clip_frac": GAL["clip_frac"],
