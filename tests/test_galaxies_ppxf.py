@@ -288,6 +288,7 @@ def test_benchmark_cli_writes_the_speed_record(toy, tmp_path):
                                                      rec["model_eager"]["seconds_per_spectrum"])
     assert set(rec["variants"]) == {"eager", "onnx"} and rec["variants"]["onnx"]["accuracy"]["within_tolerance"]
     assert rec["model"]["n_spectra"] == 16 and rec["ppxf"]["n_spectra"] == 2 and rec["ppxf"]["n_failed"] == 0
+    assert rec["ppxf"]["blas_threads"] == 1
     assert rec["speed_ratio"] == pytest.approx(rec["ppxf_seconds_per_spectrum"] / rec["model_seconds_per_spectrum"])
     assert rec["projection"]["model_seconds"] == pytest.approx(65000 * rec["model_seconds_per_spectrum"])
     assert rec["machine"]["torch_threads"] >= 1 and rec["machine"]["cpus_available"] >= 1

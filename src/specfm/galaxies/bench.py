@@ -13,8 +13,11 @@ compares numbers from different machines; here both are timed in one process:
   matrix products (see ``model``), 256 spectra per batch (a batch's [B, C, L] feature maps then stay
   ~20 MB instead of ~86 MB at 1024);
 * pPXF: ``ppxf_fit.fit_bins`` (the two-fit PHANGS recipe) on ``n_ppxf`` bins spread evenly over the
-  bin list (the S/N and the population mix vary across a galaxy), one process; seconds per spectrum
-  = mean wall time of the two fits of a bin.
+  bin list (the S/N and the population mix vary across a galaxy), one process with its BLAS / OpenMP
+  pools limited to one thread (threadpoolctl): one core, as the paper's pPXF time. Unlimited, BLAS
+  starts a thread per core, and on a loaded 2-core machine that made pPXF 4-6x slower (4.6-5.8 s
+  instead of 1.06 s per spectrum, README), which inflated the ratio; seconds per spectrum = mean wall
+  time of the two fits of a bin.
 
 * inference variants (`fast_inference`): each backend (eager, ONNX Runtime, int8 dynamic quantisation,
   bf16 autocast, torch.compile) on the same spectra, with its accuracy against eager and its seconds
@@ -155,14 +158,17 @@ def benchmark_speed(model, templates: TemplateGrid, bins: Bins, *, n_ppxf: int =
 
     k = int(min(max(n_ppxf, 1), bins.n_bins))
     idx = np.unique(np.linspace(0, bins.n_bins - 1, k).round().astype(int))
+    from threadpoolctl import threadpool_limits
+
     t0 = time.perf_counter()
-    res = fit_bins(subset_bins(bins, idx), templates, degree=degree, progress=progress, n_jobs=1)
+    with threadpool_limits(limits=1):  # one core (module docstring)
+        res = fit_bins(subset_bins(bins, idx), templates, degree=degree, progress=progress, n_jobs=1)
     wall = time.perf_counter() - t0
     ok = res["OK"]
     p = {"seconds_per_spectrum": float(res["SECONDS"][ok].mean()) if ok.any() else float("nan"),
          "wall_seconds_per_spectrum": wall / idx.size, "n_spectra": int(idx.size), "n_failed": int((~ok).sum()),
          "bins": idx.tolist(), "degree": int(degree), "n_templates": int(np.prod(templates.flux.shape[:2])),
-         "recipe": res["meta"]["method"]}
+         "recipe": res["meta"]["method"], "blas_threads": 1}
     log.info("pPXF: %.3g s per spectrum (%d bins, %d failed)", p["seconds_per_spectrum"], idx.size, p["n_failed"])
 
     s_m, s_p = m["seconds_per_spectrum"], p["seconds_per_spectrum"]
