@@ -159,3 +159,28 @@ def test_draw_sfh_covers_old_and_young_light():
     w = sfh_weights(p, LOG_AGE, MH, np.ones((MH.size, LOG_AGE.size)))
     age, _ = light_weighted(w, LOG_AGE, MH)
     assert age.min() < 8.8 and age.max() > 9.8
+
+
+def test_diagnose_builds_the_training_sets_spectra_from_the_true_weights():
+    from types import SimpleNamespace
+
+    from specfm.galaxies.diagnose import inputs, score
+    from specfm.galaxies.model import GalProTE, GalProTEConfig
+    from specfm.galaxies.training import reconstruct
+
+    from test_galaxies_model import TINY_ARCH
+
+    grid = tiny_grid()
+    rng = np.random.default_rng(0)
+    w = rng.random((4, N_Z, N_AGE))
+    w /= w.sum(axis=(1, 2), keepdims=True)
+    av = np.array([0.0, 0.3, 0.7, 1.2])
+    truth = {"WEIGHTS": w, "AV": av, "SIGMA": np.zeros(4)}
+    got = inputs(grid, SimpleNamespace(spectra=np.ones((4, int(grid.mask.sum())))), truth)
+    np.testing.assert_allclose(got["clean"], reconstruct(grid, w, av), rtol=1e-5)
+    np.testing.assert_allclose(got["clean_sigma"], got["clean"], rtol=2e-3)  # sigma 0: only the ln-grid round trip
+    model = GalProTE(GalProTEConfig(n_z=N_Z, n_age=N_AGE, **TINY_ARCH), log_age=grid.log_age, mh=grid.mh,
+                     av_levels=np.arange(16) / 10).eval()
+    age, _ = light_weighted(w, grid.log_age, grid.mh)
+    s = score(model, grid, got["clean"], {**truth, "LOGAGE": age, "MH": np.zeros(4)}, 0.0)
+    assert set(s) == {"LOGAGE", "MH", "AV"} and np.isfinite(s["LOGAGE"]["bias"])
