@@ -45,8 +45,10 @@ def test_unconfigured_galaxy_names_the_configured_ones(wf, target):
 
 
 @pytest.mark.parametrize("target", ["results/mockgal_maps.fits", "results/mockgal_ppxf_maps.fits",
-                                    "results/galaxies/mockgal_metrics.json", "all"])
+                                    "results/galaxies/mockgal_metrics.json", "results/galaxies/sdss3_spectra_metrics.json",
+                                    "all"])
 def test_configured_targets_are_unchanged(wf, target):
     proc = dry(wf, target)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "unconfigured_galaxy_target" not in proc.stdout
+    assert "InputFunctionException" not in proc.stdout + proc.stderr  # not even a non-strict one

@@ -11,11 +11,12 @@ UNCONFIGURED_GALAXY_PRODUCTS = (
 
 
 def unconfigured_constraint():
-    """Any single path part except a configured galaxy (or its `_ppxf` maps). The look-ahead runs
-    to the end of the path, so it names what follows the wildcard in each product pattern."""
+    """Any single path part except a configured galaxy (or its `_ppxf` maps, or a spectra target's
+    `_spectra_metrics.json`). The look-ahead runs to the end of the path, so it names what follows
+    the wildcard in each product pattern."""
     names = "|".join(sorted(map(re.escape, config["galaxies"].get("targets", {}))))
     tails = "|".join(re.escape(p.split("{unconfigured}")[1]) for p in UNCONFIGURED_GALAXY_PRODUCTS)
-    return rf"(?!(?:{names})(?:_ppxf)?(?:{tails})$)[^/]+" if names else r"[^/]+"
+    return rf"(?!(?:{names})(?:_ppxf|_spectra)?(?:{tails})$)[^/]+" if names else r"[^/]+"
 
 
 def unconfigured_galaxy(wildcards):
