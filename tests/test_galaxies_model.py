@@ -67,7 +67,7 @@ def sha(path) -> str:
 def test_table1_counts_paper():
     c = table1_counts(636, size_factor=1)
     assert c["rows"] == {"original": 636, "replica": 1272, "combo2": 1272, "combo3": 1272, "combo4": 1272,
-                         "combo5": 1272, "extended": 0}
+                         "combo5": 1272, "extended": 0, "sfh": 0}
     assert c["per_level"] == 6996 and c["n_av"] == 16 and c["total"] == 111936
     s = split_counts(636, Recipe())  # paper: validation and test are the whole set with new noise
     assert s["train"] == s["validation"] == s["test"] == 111936
