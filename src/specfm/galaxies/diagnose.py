@@ -41,16 +41,14 @@ def inputs(templates, bins, truth_bins) -> dict:
 
 def score(model, templates, spectra, truth_bins, clip: float) -> dict:
     """Bias / scatter of light-weighted log age, [M/H] and A_V against the truth per bin."""
+    from .compare import diff_stats
     from .fast_inference import predict
     from .training import light_weighted
 
     w, av = predict(model, spectra, frac=clip, backend="eager")
     age, mh = light_weighted(w, templates.log_age, templates.mh)
-    out = {}
-    for name, pred in (("LOGAGE", age), ("MH", mh), ("AV", av)):
-        d = np.asarray(pred, float) - np.asarray(truth_bins[name], float)
-        out[name] = {"bias": float(d.mean()), "scatter": float(d.std())}
-    return out
+    return {name: diff_stats(np.asarray(pred, float) - np.asarray(truth_bins[name], float))
+            for name, pred in (("LOGAGE", age), ("MH", mh), ("AV", av))}
 
 
 def diagnose(model_path, templates_path, bins_path, truth_path, clips=(0.0, 0.05)) -> dict:

@@ -321,9 +321,12 @@ def bench(model_path: str | Path, templates_path: str | Path, bins_path: str | P
 def source_members(manifest: str | Path, names) -> list[Path]:
     """The unpacked, checksum-checked files ``names`` (file names) that a source's manifest lists, in
     the order given; ValueError naming the manifest and the missing name."""
+    listed = {}
+    for path in manifest_files(manifest):  # one check of the archive and every member
+        listed.setdefault(path.name, []).append(path)
     out = []
     for name in names:
-        got = manifest_files(manifest, name)
+        got = listed.get(name, [])
         if len(got) != 1:
             raise ValueError(f"{manifest}: lists {len(got)} files named {name!r} (expected one); "
                              "add it to the source's members")

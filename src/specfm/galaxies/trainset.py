@@ -307,19 +307,23 @@ def _gauss_on_grid(x, mu, sigma, axis: int) -> np.ndarray:
     return p / p.sum(axis=axis, keepdims=True)
 
 
+def _mh_given_age(mh, centre, sigma) -> np.ndarray:
+    """[B, n_Z, n_age] P([M/H] | age): a Gaussian of ``sigma`` [B] about ``centre`` [B, n_age] on the grid."""
+    z = np.asarray(mh, float)[None, :, None]
+    return _gauss_on_grid(z, centre[:, None, :], np.asarray(sigma, float)[:, None, None], 1)
+
+
 def extended_weights(params, log_age, mh) -> np.ndarray:
     """[B, n_Z, n_age] light fractions of extended populations: P(age) is one or two Gaussians in log
     age, P([M/H] | age) a Gaussian about mh_mu + amr_slope (log age - age_mu). Real galaxies spread
     their light over many ages and metallicities, which the paper's 1-5 template mixtures never show."""
     p = np.asarray(params, float)
     la = np.asarray(log_age, float)[None, :]
-    z = np.asarray(mh, float)[None, :, None]
     col = {name: p[:, i:i + 1] for i, name in enumerate(EXTENDED_PARAMS)}
     age = ((1.0 - col["second_frac"]) * _gauss_on_grid(la, col["age_mu"], col["age_sigma"], 1)
            + col["second_frac"] * _gauss_on_grid(la, col["second_mu"], col["second_sigma"], 1))
     centre = col["mh_mu"] + col["amr_slope"] * (la - col["age_mu"])  # [B, n_age]
-    pz = _gauss_on_grid(z, centre[:, None, :], col["mh_sigma"][:, :, None], 1)  # [B, n_Z, n_age]
-    return age[:, None, :] * pz
+    return age[:, None, :] * _mh_given_age(mh, centre, col["mh_sigma"][:, 0])
 
 
 def draw_sfh(n: int, log_age, mh, rng: np.random.Generator) -> np.ndarray:
@@ -368,9 +372,7 @@ def sfh_weights(params, log_age, mh, norm) -> np.ndarray:
     mass[np.arange(len(p)), burst] += col["burst_frac"]
     la = np.asarray(log_age, float)[None, :]
     centre = col["mh_mu"][:, None] + col["amr_slope"][:, None] * (la - 9.5)  # [B, n_age]
-    z = np.asarray(mh, float)[None, :, None]
-    pz = _gauss_on_grid(z, centre[:, None, :], col["mh_sigma"][:, None, None], 1)  # [B, n_Z, n_age]
-    light = mass[:, None, :] * pz * np.asarray(norm, float)[None]
+    light = mass[:, None, :] * _mh_given_age(mh, centre, col["mh_sigma"]) * np.asarray(norm, float)[None]
     return light / light.sum(axis=(1, 2), keepdims=True)
 
 
