@@ -5,4 +5,5 @@ from specfm.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     model_maps(snakemake.input.bins, snakemake.input.model, snakemake.input.templates, snakemake.output[0],
-               clip_frac=snakemake.params.clip_frac, inference=snakemake.params.inference, code_files=[__file__])
+               clip_frac=snakemake.params.clip_frac, inference=snakemake.params.inference,
+               estimate=snakemake.params.estimate, code_files=[__file__])

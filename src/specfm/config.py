@@ -135,6 +135,9 @@ def _check_references(config: dict[str, Any]) -> None:
     if variants and chosen is not None and chosen not in variants:  # its score is the reference row
         raise ConfigError(f"config key 'galaxies.ablation.attention': {variants} must include "
                           f"galaxies.model.attention '{chosen}' (or be [] to skip the ablation)")
+    if gal.get("estimate") == "head" and not gal.get("model", {}).get("mean_head"):  # caught before any training
+        raise ConfigError("config key 'galaxies.estimate': head needs galaxies.model.mean_head true (a model without "
+                          "the mean head has no such estimate)")
     for system in ("stars", "redshift"):
         block = config.get(system, {})
         samples = block.get("samples", {})

@@ -79,7 +79,7 @@ rule galaxies_train:
     params:
         # only what changes the model: a new runtime or memory request must not retrain it
         train={k: GAL["train"][k] for k in ("epochs", "patience", "batch_size")},
-        arch=GAL["model"],
+        arch=galaxies_arch(),
         seed=derived_seed("galaxies_train"),
         see_also={"ablation": ABLATION_JSON} if GAL["ablation"]["attention"] else {},
     threads: GAL["train"]["threads"]
@@ -224,6 +224,7 @@ rule galaxies_predict:
     params:
         clip_frac=GAL["clip_frac"],
         inference=galaxies_inference(),
+        estimate=maps_estimate(),
     threads: 2
     resources:
         gpu=train_resources("galaxies", "gpu"),

@@ -47,6 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ppxf-degree", type=int, default=12, help="pPXF multiplicative polynomial degree (default 12)")
     p.add_argument("--clip-frac", type=float, default=0.05, help="grid weights below this fraction of the maximum "
                                                                  "are zeroed (default 0.05)")
+    p.add_argument("--estimate", choices=("grid", "head"), default="grid",
+                   help="log age, [M/H], A_V from the clipped grid (the paper, default) or from the model's mean "
+                        "head (models trained with galaxies.model.mean_head)")
     p.add_argument("--max-bad-frac", type=float, default=0.2,
                    help="refuse a spectrum with more masked pixels than this in the template window (default 0.2)")
     p.set_defaults(func=_predict, frame=None)
@@ -62,7 +65,8 @@ def _predict(args) -> int:
     try:
         table = predict_spectra(args.spectra, None if args.z_from_file else args.z, args.model, args.templates,
                                 args.out, frame=args.frame, clip_frac=args.clip_frac,
-                                ppxf_degree=args.ppxf_degree if args.ppxf else None, max_bad_frac=args.max_bad_frac)
+                                ppxf_degree=args.ppxf_degree if args.ppxf else None, max_bad_frac=args.max_bad_frac,
+                                estimate=args.estimate)
     except (ValueError, FileNotFoundError) as exc:
         print(f"specfm galaxies predict: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,8 @@ with the bin's true stellar dispersion applied; (3) ``bins``: the mock's binned 
 A bias already present in (1) comes from the populations (weights) the model meets, not from noise,
 kinematics or the cube's preprocessing; (2) - (1) is the dispersion's share and (3) - (2) the rest
 (noise, emission-line filtering, binning). Each is scored at every clip fraction given (Sect. 3.4.3
-zeroes weights below that fraction of the peak before the light-weighted means).
+zeroes weights below that fraction of the peak before the light-weighted means) and, for a model with
+the mean head, by that head too (``head``: no clip involved).
 """
 
 from __future__ import annotations
@@ -39,16 +40,15 @@ def inputs(templates, bins, truth_bins) -> dict:
             "bins": np.asarray(bins.spectra)}
 
 
-def score(model, templates, spectra, truth_bins, clip: float) -> dict:
+def score(model, templates, spectra, truth_bins, clip: float, estimate: str = "grid") -> dict:
     """Bias / scatter of light-weighted log age, [M/H] and A_V against the truth per bin."""
     from .compare import diff_stats
-    from .fast_inference import predict
-    from .training import light_weighted
+    from .training import estimates
 
-    w, av = predict(model, spectra, frac=clip, backend="eager")
-    age, mh = light_weighted(w, templates.log_age, templates.mh)
-    return {name: diff_stats(np.asarray(pred, float) - np.asarray(truth_bins[name], float))
-            for name, pred in (("LOGAGE", age), ("MH", mh), ("AV", av))}
+    est = estimates(model, spectra, templates.log_age, templates.mh, frac=clip, estimate=estimate,
+                    inference={"backend": "eager"})
+    return {name: diff_stats(np.asarray(est[key], float) - np.asarray(truth_bins[name], float))
+            for name, key in (("LOGAGE", "log_age"), ("MH", "mh"), ("AV", "av"))}
 
 
 def diagnose(model_path, templates_path, bins_path, truth_path, clips=(0.0, 0.05)) -> dict:
@@ -62,8 +62,12 @@ def diagnose(model_path, templates_path, bins_path, truth_path, clips=(0.0, 0.05
     truth_bins = truth_per_bin(read_truth(truth_path), bins.bin_id)
     model, _ = load_galprote(model_path)
     sets = inputs(templates, bins, truth_bins)
-    return {name: {f"clip_{c:g}": score(model, templates, spec, truth_bins, c) for c in clips}
-            for name, spec in sets.items()}
+    out = {name: {f"clip_{c:g}": score(model, templates, spec, truth_bins, c) for c in clips}
+           for name, spec in sets.items()}
+    if model.cfg.mean_head:
+        for name, spec in sets.items():
+            out[name]["head"] = score(model, templates, spec, truth_bins, 0.0, "head")
+    return out
 
 
 def main(argv=None) -> int:

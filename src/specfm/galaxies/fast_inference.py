@@ -26,6 +26,8 @@ Tolerance (`TOLERANCE`): a backend may replace eager only if, on the same spectr
 light-weighted log age and [M/H] within 0.005 dex of eager's and the same A_V class. 0.005 dex is ~1/20
 of the model's scatter against the mock truth (~0.1 dex), so maps are unchanged within their noise; the
 1 % allows for grid cells sitting exactly at the 5 % clipping threshold, where a 1e-6 change flips a cell.
+A model with the mean head (`model` docstring) has a third output, ``means`` [b, 3]; every runner passes
+it through, and its three values must be within the same 0.005 of eager's.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ TOLERANCE = {"dex": 0.005, "min_fraction": 0.99}
 
 
 def _torch_runner(net, threads: int | None, autocast: bool = False, pad_to: int | None = None):
-    """numpy batch -> raw (weights, av_logits) numpy, with torch's thread count set for the call."""
+    """numpy batch -> raw (weights, av_logits[, means]) numpy, with torch's thread count set for the call."""
     def run(x: np.ndarray):
         old = torch.get_num_threads()
         torch.set_num_threads(int(threads or old))
@@ -62,22 +64,23 @@ def _torch_runner(net, threads: int | None, autocast: bool = False, pad_to: int 
         try:
             with torch.inference_mode(), (torch.autocast("cpu", dtype=torch.bfloat16) if autocast
                                           else contextlib.nullcontext()):
-                w, logits = net(torch.from_numpy(x))
+                out = net(torch.from_numpy(x))
         finally:
             torch.set_num_threads(old)
-        return w.float().numpy()[:n], logits.float().numpy()[:n]
+        return tuple(o.float().numpy()[:n] for o in out)
     return run
 
 
 def onnx_bytes(model: GalProTE) -> bytes:
     """The BatchNorm-folded network as an ONNX model (batch axis dynamic)."""
     net = fused_for_inference(model).cpu()
+    names = ["weights", "av_logits"] + (["means"] if model.cfg.mean_head else [])
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated in favour of dynamo (needs onnxscript)
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.ones(2, model.cfg.n_pix),), buf, dynamo=False, opset_version=17,
-                          input_names=["spectra"], output_names=["weights", "av_logits"],
-                          dynamic_axes={"spectra": {0: "n"}, "weights": {0: "n"}, "av_logits": {0: "n"}})
+                          input_names=["spectra"], output_names=names,
+                          dynamic_axes={"spectra": {0: "n"}, **{k: {0: "n"} for k in names}})
     return buf.getvalue()
 
 
@@ -93,8 +96,7 @@ def _onnx_runner(model: GalProTE, threads: int | None, spinning: bool = True):
     session = ort.InferenceSession(onnx_bytes(model), opts, providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray):
-        w, logits = session.run(None, {"spectra": np.ascontiguousarray(x, dtype=np.float32)})
-        return w, logits
+        return tuple(session.run(None, {"spectra": np.ascontiguousarray(x, dtype=np.float32)}))
     return run
 
 
@@ -121,14 +123,15 @@ def _openvino_runner(model: GalProTE, threads: int | None, batch_size: int):
         n = x.shape[0]
         if n > batch_size:
             raise ValueError(f"openvino runner built for batches of {batch_size}, got {n}")
-        infer, (out_w, out_l) = request(n)  # a short last batch gets its own shape, not padding
+        infer, outputs = request(n)  # a short last batch gets its own shape, not padding
         res = infer.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.array(res[out_w]), np.array(res[out_l])
+        return tuple(np.array(res[o]) for o in outputs)
     return run
 
 
 def runner(model: GalProTE, backend: str = DEFAULT_BACKEND, *, threads: int | None = None, batch_size: int = 256):
-    """A function numpy spectra batch [b, L] -> raw (weights [b, n_Z, n_age], A_V logits [b, n_av]).
+    """A function numpy spectra batch [b, L] -> raw (weights [b, n_Z, n_age], A_V logits [b, n_av]), and
+    the means [b, 3] of a model with the mean head.
 
     Built once (export, quantisation, compilation happen here or on the first call); ``threads``:
     intra-op threads (default: torch's current count)."""
@@ -153,62 +156,69 @@ def runner(model: GalProTE, backend: str = DEFAULT_BACKEND, *, threads: int | No
     raise ValueError(f"GalProTE inference backend {backend!r}: expected one of {BACKENDS}")
 
 
-def run_batches(run, spectra, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Raw outputs of ``run`` over ``spectra`` [N, L] in batches."""
+def run_batches(run, spectra, batch_size: int = 256) -> tuple:
+    """Raw outputs of ``run`` over ``spectra`` [N, L] in batches (each output concatenated)."""
     spectra = np.asarray(spectra, dtype=np.float32)
     outs = [run(spectra[lo:lo + batch_size]) for lo in range(0, spectra.shape[0], batch_size)]
     if not outs:
         raise ValueError("no spectra to predict")
-    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+    return tuple(np.concatenate([o[i] for o in outs]) for i in range(len(outs[0])))
 
 
-def finish(model: GalProTE, weights, av_logits, *, frac: float = 0.05, av: str | None = None):
-    """Raw outputs -> (clipped weights, A_V in mag), as `training.predict` returns them."""
+def finish(model: GalProTE, weights, av_logits, means=None, *, frac: float = 0.05, av: str | None = None):
+    """Raw outputs -> (clipped weights, A_V in mag[, means]), as `training.predict` returns them."""
     from .training import av_from_logits
 
     av = model.cfg.av_estimate if av is None else av
     w = clip_grid(torch.from_numpy(np.asarray(weights, np.float32)), frac).float().numpy()
     a = av_from_logits(torch.from_numpy(np.asarray(av_logits, np.float32)), model.av_levels.cpu(), av)
-    return w, a.float().numpy()
+    return (w, a.float().numpy()) + (() if means is None else (np.asarray(means, np.float32),))
 
 
 def predict(model: GalProTE, spectra, batch_size: int | None = 256, *, frac: float = 0.05, av: str | None = None,
-            backend: str = DEFAULT_BACKEND, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+            backend: str = DEFAULT_BACKEND, threads: int | None = None, with_means: bool = False) -> tuple:
     """`training.predict` through ``backend`` (module docstring); ``eager`` is `training.predict` itself."""
-    if backend == "eager":
-        from .training import predict as eager_predict
+    from .training import check_means, predict as eager_predict
 
-        return eager_predict(model, spectra, int(batch_size or 256), frac=frac, av=av)
+    if backend == "eager":
+        return eager_predict(model, spectra, int(batch_size or 256), frac=frac, av=av, with_means=with_means)
+    check_means(model, with_means)
     batch_size = int(batch_size or 256)
     spectra = np.asarray(spectra, dtype=np.float32)
     if spectra.shape[0] == 0:
-        return np.zeros((0, model.cfg.n_z, model.cfg.n_age), np.float32), np.zeros(0, np.float32)
+        return eager_predict(model, spectra, frac=frac, av=av, with_means=with_means)  # the empty arrays
     run = runner(model, backend, threads=threads, batch_size=batch_size)
-    return finish(model, *run_batches(run, spectra, batch_size), frac=frac, av=av)
+    out = finish(model, *run_batches(run, spectra, batch_size), frac=frac, av=av)
+    return out if with_means else out[:2]
 
 
 # ------------------------------------------------------------------------------------ accuracy
 
 
 def compare(model: GalProTE, ref: tuple, got: tuple, *, frac: float = 0.05) -> dict:
-    """Differences of raw outputs ``got`` from ``ref`` (each (weights, A_V logits)) and of what the maps
-    show: light-weighted log age / [M/H] (after clipping) and the A_V class."""
+    """Differences of raw outputs ``got`` from ``ref`` (each (weights, A_V logits[, means])) and of what
+    the maps show: light-weighted log age / [M/H] (after clipping), the A_V class and the mean head's values."""
     from .training import light_weighted
 
     log_age, mh = model.log_age.cpu().numpy(), model.mh.cpu().numpy()
-    (w0, l0), (w1, l1) = ref, got
+    (w0, l0, *h0), (w1, l1, *h1) = ref, got
     a0, m0 = light_weighted(clip_grid(w0, frac), log_age, mh)
     a1, m1 = light_weighted(clip_grid(w1, frac), log_age, mh)
     da, dm = np.abs(a1 - a0), np.abs(m1 - m0)
     same_av = np.argmax(l0, axis=1) == np.argmax(l1, axis=1)
     ok = (da <= TOLERANCE["dex"]) & (dm <= TOLERANCE["dex"]) & same_av
     d_w, d_l = np.abs(np.asarray(w1, float) - w0), np.abs(np.asarray(l1, float) - l0)
+    head = {}
+    if h0:  # the mean head: each of its three values within the same tolerance
+        d_h = np.abs(np.asarray(h1[0], float) - h0[0]).max(axis=1)
+        ok &= d_h <= TOLERANCE["dex"]
+        head = {"means_max": float(d_h.max()), "means_mean": float(d_h.mean())}
     return {"weights_max": float(d_w.max()), "weights_mean": float(d_w.mean()),
             "av_logits_max": float(d_l.max()), "av_logits_mean": float(d_l.mean()),
             "log_age_max": float(da.max()), "log_age_mean": float(da.mean()),
             "mh_max": float(dm.max()), "mh_mean": float(dm.mean()),
             "av_class_agree": float(same_av.mean()), "fraction_within": float(ok.mean()),
-            "n_spectra": int(len(ok)), "within_tolerance": bool(ok.mean() >= TOLERANCE["min_fraction"])}
+            "n_spectra": int(len(ok)), "within_tolerance": bool(ok.mean() >= TOLERANCE["min_fraction"])} | head
 
 
 def check(model: GalProTE, spectra, backend: str, *, threads: int | None = None, batch_size: int = 256,

@@ -292,18 +292,20 @@ PPXF_COLUMNS = ("ppxf_log_age", "ppxf_mh", "ppxf_av", "ppxf_resid_mean", "ppxf_r
 
 
 def predict_table(spectra: list[Spectrum], redshifts, model, templates, *, clip_frac: float = 0.05,
-                  ppxf_degree: int | None = None, inference: dict | None = None, **prepare_kw) -> dict:
+                  ppxf_degree: int | None = None, inference: dict | None = None, estimate: str = "grid",
+                  **prepare_kw) -> dict:
     """One row per spectrum (``COLUMNS``; with ``ppxf_degree``, also the pPXF baseline's ``PPXF_COLUMNS``
     on the same preprocessed spectra and templates). log_age in log10(yr), mh in dex, av in mag;
     resid_* over the 876 kept, median-normalised pixels (input - reconstruction). ``inference``:
-    `fast_inference.predict` keywords (backend, threads, batch_size; None: its defaults)."""
-    from .fast_inference import predict
-    from .training import light_weighted, reconstruct
+    `fast_inference.predict` keywords (backend, threads, batch_size; None: its defaults); ``estimate``:
+    the grid or the mean head (`training.estimates`; resid_* always the grid's)."""
+    from .training import estimates, reconstruct
 
     bins = prepare(spectra, redshifts, wave_out=templates.wave, **prepare_kw)
-    weights, av = predict(model, bins.spectra, frac=clip_frac, **(inference or {}))
-    log_age, mh = light_weighted(weights, templates.log_age, templates.mh)
-    resid = bins.spectra - reconstruct(templates, weights, av)
+    est = estimates(model, bins.spectra, templates.log_age, templates.mh, frac=clip_frac, estimate=estimate,
+                    inference=inference)
+    log_age, mh, av = est["log_age"], est["mh"], est["av"]
+    resid = bins.spectra - reconstruct(templates, est["weights"], est["av_grid"])
     table = {
         "spectrum": [s.name for s in spectra], "source": [s.path for s in spectra],
         "redshift": np.asarray(bins.meta["redshifts"]), "frame": [s.frame for s in spectra],

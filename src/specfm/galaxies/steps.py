@@ -181,25 +181,27 @@ def ablation_summary(variant_metrics: dict, out: str | Path, *, chosen: str, bud
 
 
 def model_maps(bins_path: str | Path, model_path: str | Path, templates_path: str | Path, out: str | Path, *,
-               clip_frac: float, inference: dict | None = None, code_files=()) -> dict:
+               clip_frac: float, inference: dict | None = None, estimate: str = "grid", code_files=()) -> dict:
     """Per-bin GalProTE grids -> LOGAGE / MH / AV / residual maps (FITS with the cube's WCS).
 
-    ``inference``: `fast_inference.predict` keywords (backend, threads, batch_size; None: its defaults)."""
+    ``inference``: `fast_inference.predict` keywords (backend, threads, batch_size; None: its defaults);
+    ``estimate``: what LOGAGE / MH / AV show (`training.estimates`: the grid, or the mean head); the
+    residuals are always the grid's."""
     import numpy as np
 
     from .cube import read_bins
     from .maps import write_maps
-    from .fast_inference import predict
-    from .training import light_weighted, load_galprote, reconstruct
+    from .training import estimates, load_galprote, reconstruct
 
     bins = read_bins(bins_path)
     templates = read_template_table(templates_path)
     model, meta = load_galprote(model_path)
     start = time.perf_counter()
-    weights, av = predict(model, bins.spectra, frac=clip_frac, **(inference or {}))
+    est = estimates(model, bins.spectra, templates.log_age, templates.mh, frac=clip_frac, estimate=estimate,
+                    inference=inference)
     seconds = time.perf_counter() - start
-    logage, mh = light_weighted(weights, templates.log_age, templates.mh)
-    resid = bins.spectra - reconstruct(templates, weights, av)
+    weights, logage, mh, av = est["weights"], est["log_age"], est["mh"], est["av"]
+    resid = bins.spectra - reconstruct(templates, weights, est["av_grid"])
     log.info("GalProTE on %d bins of %s: %.3g s (%.3g ms per spectrum)", bins.n_bins, bins_path, seconds,
              1e3 * seconds / max(bins.n_bins, 1))
     quantities = {"LOGAGE": (logage, "log10(yr)"), "MH": (mh, "dex"), "AV": (av, "mag"),
@@ -207,12 +209,19 @@ def model_maps(bins_path: str | Path, model_path: str | Path, templates_path: st
                   "SNR": (bins.snr, "")}
     write_maps(out, bin_id=bins.bin_id, wcs_header=bins.wcs_header, quantities=quantities, grids=weights,
                grid_axes=(templates.log_age, templates.mh),
-               meta={"method": "GalProTE", "clip_frac": clip_frac, "model_trainset_id": meta.get("trainset_id", "")})
+               meta={"method": "GalProTE", "clip_frac": clip_frac, "model_trainset_id": meta.get("trainset_id", ""),
+                     **beyond_paper(estimate)})
     provenance.write(out, inputs={"bins": bins_path, "model": model_path, "templates": templates_path},
-                     params={"clip_frac": clip_frac, "inference": inference or {}},
+                     params={"clip_frac": clip_frac, "inference": inference or {}, **beyond_paper(estimate)},
                      code=[*MODEL_CODE, "specfm.galaxies.maps", "specfm.galaxies.fast_inference"],
                      code_files=code_files, step="galaxies_predict")
     return {"seconds_per_spectrum": seconds / max(bins.n_bins, 1)}
+
+
+def beyond_paper(estimate: str) -> dict:
+    """{"estimate": ...} where the maps do not show the paper's grid estimate, else nothing: a product of
+    the paper's path keeps the bytes it had before the option existed."""
+    return {} if estimate == "grid" else {"estimate": estimate}
 
 
 def ppxf_maps(bins_path: str | Path, templates_path: str | Path, out: str | Path, *, degree: int, n_jobs: int,
@@ -336,14 +345,14 @@ def source_members(manifest: str | Path, names) -> list[Path]:
 
 def predict_spectra(spectra, redshifts, model_path: str | Path, templates_path: str | Path, out: str | Path, *,
                     frame: str | None = None, clip_frac: float = 0.05, ppxf_degree: int | None = None,
-                    max_bad_frac: float = 0.2, inference: dict | None = None, metrics_out: str | Path | None = None,
-                    code_files=()) -> dict:
+                    max_bad_frac: float = 0.2, inference: dict | None = None, estimate: str = "grid",
+                    metrics_out: str | Path | None = None, code_files=()) -> dict:
     """A user's single spectra (files; several per file allowed) -> GalProTE table (.parquet/.fits/.csv),
     and with ``metrics_out`` the GalProTE - pPXF agreement (`compare.spectra_agreement`, JSON).
 
     ``redshifts``: one per spectrum, one for all, or None (each file's own: `single.file_redshifts`).
     The preprocessing is the cube bins' (`specfm.galaxies.single`); ``ppxf_degree`` adds the pPXF
-    baseline on the same spectra and templates; ``inference``: as in `model_maps`. Returns the table
+    baseline on the same spectra and templates; ``inference``, ``estimate``: as in `model_maps`. Returns the table
     (column -> array)."""
     import numpy as np
 
@@ -367,13 +376,14 @@ def predict_spectra(spectra, redshifts, model_path: str | Path, templates_path: 
                          f"model's ({model.cfg.n_z}, {model.cfg.n_age}) from {model_path}")
     start = time.perf_counter()
     table = predict_table(loaded, np.broadcast_to(z, (len(loaded),)), model, templates, clip_frac=clip_frac,
-                          ppxf_degree=ppxf_degree, max_bad_frac=max_bad_frac, inference=inference)
+                          ppxf_degree=ppxf_degree, max_bad_frac=max_bad_frac, inference=inference,
+                          estimate=estimate)
     write_table(table, out)
     log.info("GalProTE on %d spectra%s in %.1f s -> %s", len(loaded), " (+ pPXF)" if ppxf_degree is not None else "",
              time.perf_counter() - start, out)
     params = {"redshifts": [float(v) for v in np.broadcast_to(z, (len(loaded),))], "frame": frame,
               "clip_frac": clip_frac, "ppxf_degree": ppxf_degree, "max_bad_frac": max_bad_frac,
-              "inference": inference or {}}
+              "inference": inference or {}, **beyond_paper(estimate)}
     inputs = {"model": model_path, "templates": templates_path, **{f"spectrum_{i}": p for i, p in enumerate(spectra)}}
     code = [*MODEL_CODE, "specfm.galaxies.single", "specfm.galaxies.preprocessing", "specfm.galaxies.cube",
             "specfm.galaxies.cube_io", "specfm.galaxies.manga", "specfm.galaxies.ppxf_fit",

@@ -4,6 +4,8 @@ Training uses `specfm.train.fit` (seeding, device, SIGTERM-safe checkpoints and 
 on the validation loss with the best weights restored). The validation loss that drives early stopping
 (and the LR plateau schedule) is the *grid* loss -- MSE + the two correlation terms, without the A_V
 term -- as in the paper ("early stopping on grid MSE loss"); the training loss is the full loss.
+With the mean head (``mean_head=True``, beyond the paper) both add its term, weighted by ``w_mean``:
+the maps then read that head, so early stopping must watch it too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from specfm.train import (checkpoint_dir_for, choose_device, evaluate, fit, load_final, save_final, seed_everything,
                           setup_logging)
 
-from .model import GalProTE, GalProTEConfig, clip_grid, fused_for_inference, galprote_loss
+from .model import (GalProTE, GalProTEConfig, clip_grid, fused_for_inference, galprote_loss, mean_head_loss,
+                    mean_targets)
 from .template_table import TemplateGrid
 from .trainset import BEYOND_ROWS, ROWS, attenuation_factors, model_spectra, read_meta, read_templates, split_tensors
 
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "specfm.galaxies.galprote/1"
 ARCH_FIELDS = {f.name for f in fields(GalProTEConfig)} - {"n_pix", "n_z", "n_age", "n_av"}
 LOSS_DEFAULTS = {"w_mse": 1.0, "w_age": 1.0, "w_mh": 1.0, "w_av": 1.0}
+MEAN_LOSS_DEFAULT = {"w_mean": 1.0}  # added to LOSS_DEFAULTS only with the mean head (the paper's record unchanged)
 
 
 def train_galprote(trainset_path, model_out, *, epochs: int = 30, patience: int | None = 3,
@@ -57,7 +61,7 @@ def train_galprote(trainset_path, model_out, *, epochs: int = 30, patience: int 
         raise TypeError(f"train_galprote: unknown architecture parameters {sorted(unknown)}")
     if threads:
         torch.set_num_threads(threads)
-    loss_weights = {**LOSS_DEFAULTS, **(loss_weights or {})}
+    loss_weights = {**LOSS_DEFAULTS, **(MEAN_LOSS_DEFAULT if arch.get("mean_head") else {}), **(loss_weights or {})}
     meta = read_meta(trainset_path)
     device = choose_device(gpu)
     seed_everything(seed)
@@ -78,8 +82,7 @@ def train_galprote(trainset_path, model_out, *, epochs: int = 30, patience: int 
 
     def loss_fn(m, batch):
         x, w, av = batch  # [B, L], [B, n_Z, n_age], [B]
-        pred_w, av_logits = m(x)
-        total, parts = galprote_loss(pred_w, av_logits, w, av, **loss_weights)
+        total, parts = training_loss(m, m(x), w, av, loss_weights)
         return total if m.training else parts[early_stop_on]
 
     trainset_id = {k: meta[k] for k in ("recipe", "seed", "counts")}
@@ -117,6 +120,19 @@ def train_galprote(trainset_path, model_out, *, epochs: int = 30, patience: int 
     return summary
 
 
+def training_loss(model: GalProTE, outputs: tuple, weights, av_index, loss_weights: dict) -> tuple:
+    """`galprote_loss` of the model's ``outputs``; with the mean head, plus ``w_mean`` x `mean_head_loss`
+    against the light-weighted truth, in the total and in the early-stopping ``grid`` criterion."""
+    paper = {k: v for k, v in loss_weights.items() if k in LOSS_DEFAULTS}
+    total, parts = galprote_loss(outputs[0], outputs[1], weights, av_index, **paper)
+    if len(outputs) < 3:
+        return total, parts
+    target = mean_targets(weights, model.log_age, model.mh, av_index, model.av_levels)
+    extra = loss_weights.get("w_mean", 1.0) * mean_head_loss(outputs[2], target)
+    parts.update(mean=extra, grid=parts["grid"] + extra, total=total + extra)
+    return total + extra, parts
+
+
 def load_galprote(path, map_location="cpu") -> tuple[GalProTE, dict]:
     """Rebuild a model written by `train_galprote`: (model in eval mode, metadata)."""
     state, metadata = load_final(path, map_location=map_location)
@@ -137,9 +153,10 @@ AV_ESTIMATES = ("mode", "mean")
 
 @torch.inference_mode()
 def predict(model: GalProTE, spectra, batch_size: int = 256, *, frac: float = 0.05, av: str | None = None,
-            device=None) -> tuple[np.ndarray, np.ndarray]:
+            device=None, with_means: bool = False) -> tuple:
     """spectra [N, n_kept] (median-normalised, masked) -> (weights [N, n_Z, n_age] clipped at ``frac`` of
-    each maximum and renormalised, A_V [N] in mag).
+    each maximum and renormalised, A_V [N] in mag); ``with_means``: and a third item, the mean head's
+    [N, 3] (log age, [M/H], A_V; `model.MEAN_NAMES`), from the same forward pass (the model must have it).
 
     ``av`` (default: the model's ``cfg.av_estimate``): ``"mode"``, the most probable of the 16 classes
     (the paper's reading), or ``"mean"``, the probability-weighted mean of the levels, which is
@@ -148,20 +165,31 @@ def predict(model: GalProTE, spectra, batch_size: int = 256, *, frac: float = 0.
 
     Runs an evaluation copy with BatchNorm folded into the convolutions (`model.fused_for_inference`);
     ``model`` itself is left as it is."""
+    check_means(model, with_means)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     net = fused_for_inference(model).to(device)
     av = model.cfg.av_estimate if av is None else av
     spectra = np.asarray(spectra, dtype=np.float32)
-    ws, avs = [], []
+    ws, avs, means = [], [], []
     for lo in range(0, spectra.shape[0], batch_size):
         x = torch.from_numpy(spectra[lo:lo + batch_size]).to(device)
-        w, av_logits = net(x)  # [b, n_Z, n_age], [b, n_av]
+        w, av_logits, *mean = net(x)  # [b, n_Z, n_age], [b, n_av] (, [b, 3] with the mean head)
         ws.append(clip_grid(w, frac).float().cpu())
         avs.append(av_from_logits(av_logits, net.av_levels, av).float().cpu())
+        means += [m.float().cpu() for m in mean]
     n_z, n_age = model.cfg.n_z, model.cfg.n_age
     if not ws:
-        return np.zeros((0, n_z, n_age), np.float32), np.zeros(0, np.float32)
-    return torch.cat(ws).numpy(), torch.cat(avs).numpy()
+        out = np.zeros((0, n_z, n_age), np.float32), np.zeros(0, np.float32), np.zeros((0, 3), np.float32)
+    else:
+        out = torch.cat(ws).numpy(), torch.cat(avs).numpy(), (torch.cat(means).numpy() if means else None)
+    return out if with_means else out[:2]
+
+
+def check_means(model: GalProTE, with_means: bool) -> None:
+    """A named error for asking the mean head of a model trained without it."""
+    if with_means and not model.cfg.mean_head:
+        raise ValueError("this GalProTE model has no mean head (trained with galaxies.model.mean_head false): "
+                         "use the grid estimate")
 
 
 def av_from_logits(logits, levels, how: str = "mode"):
@@ -171,6 +199,27 @@ def av_from_logits(logits, levels, how: str = "mode"):
     if how == "mean":
         return torch.softmax(logits.double(), dim=1) @ levels.double()
     raise ValueError(f"A_V estimate {how!r}: expected one of {AV_ESTIMATES}")
+
+
+ESTIMATES = ("grid", "head")
+
+
+def estimates(model: GalProTE, spectra, log_age, mh, *, frac: float = 0.05, estimate: str = "grid",
+              inference: dict | None = None) -> dict:
+    """What maps and tables show, from one forward pass (`fast_inference.predict` with ``inference``):
+    log_age, mh, av [N] from ``estimate`` -- ``grid``, light-weighted over the clipped grid (axes
+    ``log_age``, ``mh``) with A_V from the class head (the paper), or ``head``, the mean head's
+    regression, which no clip changes -- plus the clipped grid ``weights`` and its class-head ``av_grid``:
+    a reconstruction (fit residuals) needs a grid, which the head does not give."""
+    from .fast_inference import predict as fast_predict
+
+    if estimate not in ESTIMATES:
+        raise ValueError(f"GalProTE estimate {estimate!r}: expected one of {ESTIMATES}")
+    head = estimate == "head"
+    out = fast_predict(model, spectra, frac=frac, with_means=head, **(inference or {}))
+    age, z = light_weighted(out[0], log_age, mh)
+    values = (out[2][:, 0], out[2][:, 1], out[2][:, 2]) if head else (age, z, out[1])
+    return {"log_age": values[0], "mh": values[1], "av": values[2], "weights": out[0], "av_grid": out[1]}
 
 
 def light_weighted(weights, log_age, mh) -> tuple[np.ndarray, np.ndarray]:
@@ -205,6 +254,7 @@ def _stats(d: np.ndarray) -> dict:
 RESID_EDGES_PCT = np.linspace(-50.0, 50.0, 401)
 PER_SPECTRUM = ("log_age_pred", "log_age_true", "mh_pred", "mh_true", "av_pred", "av_true", "pct_mse",
                 "pct_mse_truth", "noise_level", "extended")
+HEAD_KEYS = ("log_age_head", "mh_head", "av_head")  # per spectrum too, for a model with the mean head
 
 
 def synthetic_predictions(model: GalProTE, trainset_path, splits=("test", "test_unseen"), *,
@@ -216,7 +266,8 @@ def synthetic_predictions(model: GalProTE, trainset_path, splits=("test", "test_
     and [M/H] (the truth over the stored, unclipped weights), A_V (mag), pct_mse = 100 x mean((input -
     reconstruction)^2) over the kept pixels (spectra median-normalised), pct_mse_truth = the same for
     the reconstruction from the *true* weights and A_V (the floor set by the injected noise and
-    patches), and the Gaussian noise level of the spectrum; pooled over all pixels: ``resid_sum``,
+    patches), and the Gaussian noise level of the spectrum (with the mean head, also its estimates,
+    ``HEAD_KEYS``); pooled over all pixels: ``resid_sum``,
     ``resid_sq``, ``n_points`` and the histogram ``resid_hist`` of 100 x (input - reconstruction) on
     ``RESID_EDGES_PCT`` with ``resid_below`` / ``resid_above`` outside it.
     """
@@ -231,7 +282,7 @@ def synthetic_predictions(model: GalProTE, trainset_path, splits=("test", "test_
         with h5py.File(trainset_path, "r") as h5:
             g = h5[split]
             n = g["spectra"].shape[0] if limit is None else min(limit, g["spectra"].shape[0])
-            acc = {k: [] for k in PER_SPECTRUM}
+            acc = {k: [] for k in PER_SPECTRUM + (HEAD_KEYS if model.cfg.mean_head else ())}
             hist = np.zeros(RESID_EDGES_PCT.size - 1, np.int64)
             below = above = 0
             r_sum = r_sq = 0.0
@@ -240,7 +291,9 @@ def synthetic_predictions(model: GalProTE, trainset_path, splits=("test", "test_
                 x = g["spectra"][lo:hi]
                 w_true = g["weights"][lo:hi]
                 av_true = g["av"][lo:hi]
-                w_pred, av_pred = predict(model, x, batch_size, frac=frac)
+                w_pred, av_pred, *head = predict(model, x, batch_size, frac=frac, with_means=model.cfg.mean_head)
+                for key, column in zip(HEAD_KEYS, head[0].T if head else ()):
+                    acc[key].append(column)
                 res = x.astype(np.float64) - reconstruct(templates, w_pred, av_pred, rv=rv)
                 floor = x.astype(np.float64) - reconstruct(templates, w_true, av_true, rv=rv)
                 acc["pct_mse"].append(100 * (res**2).mean(axis=1))
@@ -284,6 +337,11 @@ def metrics_from_predictions(predictions: dict) -> dict:
         ext = np.asarray(p.get("extended", np.zeros(0)), bool)
         if ext.size == n and ext.any():  # the paper's rows and the extended populations apart
             m["by_population"] = {"table1": _label_stats(p, ~ext), "beyond_paper": _label_stats(p, ext)}
+        if HEAD_KEYS[0] in p:  # the mean head's estimates, scored the same way
+            m["head"] = _label_stats(p, pred="head")
+            if "by_population" in m:
+                m["head"]["by_population"] = {"table1": _label_stats(p, ~ext, "head"),
+                                              "beyond_paper": _label_stats(p, ext, "head")}
         d_av = p["av_pred"] - p["av_true"]
         m["av_accuracy"] = float((np.abs(d_av) < 0.5 * _level_step(p["av_true"])).mean())
         m["av_within_0p1"] = float((np.abs(d_av) < 0.1 + 1e-3).mean())
@@ -291,12 +349,13 @@ def metrics_from_predictions(predictions: dict) -> dict:
     return out
 
 
-def _label_stats(p: dict, sel=slice(None)) -> dict:
-    """Bias / scatter / rmse / Pearson r of log age, [M/H] and A_V over the spectra ``sel``."""
+def _label_stats(p: dict, sel=slice(None), pred: str = "pred") -> dict:
+    """Bias / scatter / rmse / Pearson r of log age, [M/H] and A_V over the spectra ``sel``; ``pred``:
+    "pred" (the grid and class head) or "head" (the mean head)."""
     out = {}
     for name in ("log_age", "mh", "av"):
-        pred, true = p[f"{name}_pred"][sel], p[f"{name}_true"][sel]
-        out[name] = {**_stats(pred - true), "r": _corr(pred, true)}
+        got, true = p[f"{name}_{pred}"][sel], p[f"{name}_true"][sel]
+        out[name] = {**_stats(got - true), "r": _corr(got, true)}
     return out
 
 

@@ -88,8 +88,23 @@ def ablation_train(wildcards):
     return {**{k: GAL["train"][k] for k in ("patience", "batch_size")}, "epochs": GAL["ablation"]["epochs"]}
 
 
+# specfm.galaxies.model.OFF_BY_DEFAULT, written out: importing the model would load torch at parse time
+ARCH_OFF = {"mean_head": False}
+
+
+def galaxies_arch():
+    """galaxies.model without the options beyond the paper that are off: the paper's training job keeps
+    the params it had before they existed (no retraining, the same provenance)."""
+    return {k: v for k, v in GAL["model"].items() if not (k in ARCH_OFF and v == ARCH_OFF[k])}
+
+
 def ablation_arch(wildcards):
-    return {**GAL["model"], "attention": wildcards.attention}
+    return {**galaxies_arch(), "attention": wildcards.attention}
+
+
+def maps_estimate():
+    """galaxies.estimate: what the maps show, the grid or the mean head (`specfm.galaxies.training.estimates`)."""
+    return GAL["estimate"]
 
 
 def mock_params(wildcards):
@@ -134,6 +149,7 @@ def spectra_params(wildcards):
         "clip_frac": GAL["clip_frac"],
         "ppxf_degree": GAL["ppxf"]["degree"] if target.get("ppxf", True) else None,
         "inference": galaxies_inference(),
+        **({} if GAL["estimate"] == "grid" else {"estimate": GAL["estimate"]}),
     }
 
 
