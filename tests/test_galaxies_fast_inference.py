@@ -102,7 +102,7 @@ def test_variants_record_and_choice(tiny):
     assert fi.sweep_settings("onnx", cores=2) == [(1, 256), (2, 256), (2, 64), (2, 1024)]
 
 
-@pytest.mark.parametrize("backend", ["onnx_nospin", "openvino"])
+@pytest.mark.parametrize("backend", ["onnx_nospin", "openvino", "openvino_traced"])
 def test_other_runtimes_equal_eager_within_the_tolerance(tiny, backend):
     """300 spectra in batches of 64: openvino compiles a second static shape for the last batch of 44."""
     model, spectra = tiny

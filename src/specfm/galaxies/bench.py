@@ -204,8 +204,8 @@ def main(argv=None) -> int:
     ap.add_argument("--degree", type=int, default=12)
     ap.add_argument("--backend", default=None, help="headline inference path (fast_inference.BACKENDS); "
                     "default fast_inference.DEFAULT_BACKEND")
-    ap.add_argument("--variants", nargs="*", default=["eager", "onnx", "onnx_nospin", "openvino", "int8", "bf16",
-                                                      "compile"],
+    ap.add_argument("--variants", nargs="*", default=["eager", "onnx", "onnx_nospin", "openvino", "openvino_traced",
+                                                      "int8", "bf16", "compile"],
                     help="backends swept and checked against eager (none: no sweep)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

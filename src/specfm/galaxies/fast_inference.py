@@ -5,8 +5,9 @@ folded network another way; `predict` is what the maps and single-spectrum steps
 from config (``galaxies.inference``):
 
 * ``eager``: `training.predict` itself;
-* ``onnx``: the folded network exported once with the TorchScript ONNX exporter
-  (``dynamo=False``: the dynamo exporter needs onnxscript) and run by ONNX Runtime, which fuses
+* ``onnx``: the folded network, its encoder layers rewritten for export (`export_graph`), exported once
+  with the TorchScript ONNX exporter (``dynamo=False``: the dynamo exporter needs onnxscript) and run
+  by ONNX Runtime, which fuses
   conv + ReLU and the encoder's matrix products. Same float32 arithmetic, reordered: outputs agree with
   eager to ~1e-6;
 * ``onnx_nospin``: the same session with its intra-op threads not spinning while they wait
@@ -16,6 +17,8 @@ from config (``galaxies.inference``):
   shapes (``batch_size``, and a shorter last batch's own, each compiled once: padded to 256 rows, the
   demo's 116 bins cost 2.2x the rows they need), float32 kept (``INFERENCE_PRECISION_HINT`` f32: OpenVINO
   would use bf16 on CPUs that have it), latency hint, ``threads`` inference threads;
+* ``openvino_traced``: the same with PyTorch's encoder layer traced as it is instead of `export_graph`'s
+  batch-first rewrite (the graph before that rewrite), kept so the benchmark measures what it gained;
 * ``int8``: `torch.ao.quantization.quantize_dynamic` of the Linear layers (the 876 x 876 contexts, the
   encoders, the heads); the convolutions stay float;
 * ``bf16``: CPU autocast to bfloat16 (slow where the CPU has no native bf16, e.g. AVX-512 without
@@ -41,11 +44,12 @@ import warnings
 import numpy as np
 import torch
 
+from .export_graph import for_export
 from .model import GalProTE, clip_grid, fused_for_inference
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "onnx", "onnx_nospin", "openvino", "int8", "bf16", "compile")
+BACKENDS = ("eager", "onnx", "onnx_nospin", "openvino", "openvino_traced", "int8", "bf16", "compile")
 DEFAULT_BACKEND = "openvino"  # fastest within TOLERANCE in the 2026-12-03 16:15 bench run (README)
 TOLERANCE = {"dex": 0.005, "min_fraction": 0.99}
 
@@ -71,9 +75,10 @@ def _torch_runner(net, threads: int | None, autocast: bool = False, pad_to: int 
     return run
 
 
-def onnx_bytes(model: GalProTE) -> bytes:
-    """The BatchNorm-folded network as an ONNX model (batch axis dynamic)."""
-    net = fused_for_inference(model).cpu()
+def onnx_bytes(model: GalProTE, *, traced_encoder: bool = False) -> bytes:
+    """The BatchNorm-folded network as an ONNX model (batch axis dynamic), its encoder layers written out
+    for export (`export_graph`); ``traced_encoder``: PyTorch's own layer traced, as before that rewrite."""
+    net = fused_for_inference(model).cpu() if traced_encoder else for_export(model)
     names = ["weights", "av_logits"] + (["means"] if model.cfg.mean_head else [])
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated in favour of dynamo (needs onnxscript)
@@ -100,11 +105,11 @@ def _onnx_runner(model: GalProTE, threads: int | None, spinning: bool = True):
     return run
 
 
-def _openvino_runner(model: GalProTE, threads: int | None, batch_size: int):
+def _openvino_runner(model: GalProTE, threads: int | None, batch_size: int, traced_encoder: bool = False):
     import openvino as ov
 
     core = ov.Core()
-    graph = onnx_bytes(model)  # the weights inside
+    graph = onnx_bytes(model, traced_encoder=traced_encoder)  # the weights inside
     config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_PRECISION_HINT": "f32"}
     compiled = {}  # rows -> (infer request, outputs): one static shape per batch size met, compiled once
@@ -142,6 +147,8 @@ def runner(model: GalProTE, backend: str = DEFAULT_BACKEND, *, threads: int | No
         return _onnx_runner(model, threads, spinning=False)
     if backend == "openvino":
         return _openvino_runner(model, threads, batch_size)
+    if backend == "openvino_traced":
+        return _openvino_runner(model, threads, batch_size, traced_encoder=True)
     if backend == "eager":
         return _torch_runner(fused_for_inference(model), threads)
     if backend == "int8":
