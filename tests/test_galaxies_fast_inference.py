@@ -123,3 +123,16 @@ def test_openvino_refuses_a_batch_larger_than_its_shape(tiny):
     ref = fi.runner(model, "eager", threads=1)(spectra[:7])
     assert w.shape[0] == logits.shape[0] == 7
     np.testing.assert_allclose(w, ref[0], atol=1e-5)
+
+
+def test_interleaved_timings_pairs_each_round_with_the_reference(tiny):
+    model, spectra = tiny
+    rec = fi.interleaved_timings(model, spectra[:40], ["eager", "onnx"], cores=1, batch_size=16, rounds=4)
+    assert rec["reference"] == "eager"
+    assert rec["rounds"] == 4
+    assert rec["n_spectra"] == 40
+    assert set(rec["backends"]) == {"eager", "onnx"}
+    assert rec["backends"]["eager"]["median_ratio_to_reference"] == 1.0
+    for b in rec["backends"].values():
+        assert 0 < b["min_seconds_per_spectrum"] <= b["median_seconds_per_spectrum"]
+        assert b["median_ratio_to_reference"] > 0

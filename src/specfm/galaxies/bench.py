@@ -23,7 +23,9 @@ compares numbers from different machines; here both are timed in one process:
   bf16 autocast, torch.compile) on the same spectra, with its accuracy against eager and its seconds
   per spectrum over thread counts and batch sizes (``variants``). The headline ``model`` timing is the
   full predict path (clipping and A_V included) of ``backend``, the one the maps rule runs
-  (``galaxies.inference.backend``); ``model_eager`` is `training.predict`'s, timed the same way.
+  (``galaxies.inference.backend``); ``model_eager`` is `training.predict`'s, timed the same way;
+  ``interleaved``: the backends within tolerance timed again round-robin (`interleaved_timings`), the
+  fair comparison between backends on a machine whose load changes during the run.
 
 The ratio is pPXF / model, and the projection is the time for 65,000 bins (NGC 4254's size) at the
 measured rates. Run as ``python -m specfm.galaxies.bench --model M --templates T --bins B --out J``.
@@ -129,7 +131,7 @@ def benchmark_speed(model, templates: TemplateGrid, bins: Bins, *, n_ppxf: int =
     """
     import torch
 
-    from .fast_inference import benchmark_variants, cpu_features, fastest_accurate
+    from .fast_inference import benchmark_variants, cpu_features, fastest_accurate, interleaved_timings
     from .ppxf_fit import fit_bins
 
     cores = available_cores()
@@ -145,6 +147,10 @@ def benchmark_speed(model, templates: TemplateGrid, bins: Bins, *, n_ppxf: int =
                                                min_seconds=min_seconds / 2)
         extra["fastest_within_tolerance"] = fastest_accurate(extra["variants"])
         extra["cpu"] = cpu_features()
+        accurate = [b for b, v in extra["variants"].items() if v.get("accuracy", {}).get("within_tolerance")]
+        if len(accurate) > 1:
+            extra["interleaved"] = interleaved_timings(model, _cycled(bins.spectra, n_model), accurate,
+                                                       cores=torch.get_num_threads(), batch_size=batch_size)
     custom = predict_fn is not None
     if not custom and backend != "eager":
         predict_fn = _backend_predict(model, backend, torch.get_num_threads(), batch_size)

@@ -282,6 +282,30 @@ def benchmark_variants(model: GalProTE, spectra, *, backends=BACKENDS, cores: in
     return out
 
 
+def interleaved_timings(model: GalProTE, spectra, backends, *, cores: int = 1, batch_size: int = 256,
+                        rounds: int = 30) -> dict:
+    """Seconds per spectrum of ``backends`` timed round-robin: each round runs one pass of every backend
+    over ``spectra``, so a load that comes and goes on a shared machine hits all of them alike (timed one
+    after the other, as in `benchmark_variants`, one backend can get a quiet minute and the next a busy
+    one). Per backend: the median and minimum over rounds, and the median over rounds of its time over
+    the first backend's in the same round (the paired ratio)."""
+    spectra = np.asarray(spectra, dtype=np.float32)
+    runs = {b: runner(model, b, threads=cores, batch_size=batch_size) for b in backends}
+    for run in runs.values():
+        run_batches(run, spectra, batch_size)  # warm-up
+    times = {b: [] for b in backends}
+    for _ in range(int(rounds)):
+        for b, run in runs.items():
+            t0 = time.perf_counter()
+            run_batches(run, spectra, batch_size)
+            times[b].append((time.perf_counter() - t0) / spectra.shape[0])
+    first = np.asarray(times[backends[0]])
+    return {"rounds": int(rounds), "threads": int(cores), "batch_size": int(batch_size), "n_spectra": len(spectra),
+            "reference": backends[0], "backends": {b: {
+                "median_seconds_per_spectrum": float(np.median(t)), "min_seconds_per_spectrum": float(np.min(t)),
+                "median_ratio_to_reference": float(np.median(np.asarray(t) / first))} for b, t in times.items()}}
+
+
 def fastest_accurate(variants: dict) -> str | None:
     """The backend with the lowest best seconds per spectrum among those within `TOLERANCE`."""
     ok = {k: v["best"]["seconds_per_spectrum"] for k, v in variants.items()
@@ -303,4 +327,5 @@ def cpu_features() -> dict:
 
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "TOLERANCE", "benchmark_variants", "check", "compare", "cpu_features",
-           "fastest_accurate", "finish", "onnx_bytes", "predict", "run_batches", "runner", "sweep_settings"]
+           "fastest_accurate", "finish", "interleaved_timings", "onnx_bytes", "predict", "run_batches", "runner",
+           "sweep_settings"]
