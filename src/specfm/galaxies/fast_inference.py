@@ -287,15 +287,19 @@ def interleaved_timings(model: GalProTE, spectra, backends, *, cores: int = 1, b
     """Seconds per spectrum of ``backends`` timed round-robin: each round runs one pass of every backend
     over ``spectra``, so a load that comes and goes on a shared machine hits all of them alike (timed one
     after the other, as in `benchmark_variants`, one backend can get a quiet minute and the next a busy
-    one). Per backend: the median and minimum over rounds, and the median over rounds of its time over
-    the first backend's in the same round (the paired ratio)."""
+    one). The order is shuffled each round (seeded), so no backend always runs after the same one: ONNX
+    Runtime's threads keep spinning for a while after a call and slow whatever runs next. Per backend:
+    the median and minimum over rounds, and the median over rounds of its time over the first backend's
+    in the same round (the paired ratio)."""
     spectra = np.asarray(spectra, dtype=np.float32)
+    backends = list(backends)
     runs = {b: runner(model, b, threads=cores, batch_size=batch_size) for b in backends}
     for run in runs.values():
         run_batches(run, spectra, batch_size)  # warm-up
-    times = {b: [] for b in backends}
+    times, rng = {b: [] for b in backends}, np.random.default_rng(0)
     for _ in range(int(rounds)):
-        for b, run in runs.items():
+        for b in rng.permutation(backends):  # a fresh order each round (docstring)
+            run = runs[b]
             t0 = time.perf_counter()
             run_batches(run, spectra, batch_size)
             times[b].append((time.perf_counter() - t0) / spectra.shape[0])
