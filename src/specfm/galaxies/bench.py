@@ -43,6 +43,8 @@ from dataclasses import replace
 import numpy as np
 
 from .cube import Bins
+from .fast_inference import time_model
+from .ppxf_fit import available_cores
 from .template_table import TemplateGrid
 
 log = logging.getLogger(__name__)
@@ -51,13 +53,6 @@ PROJECTION_BINS = 65000  # NGC 4254: 64,985 Voronoi bins (GalProTE Sect. 5.1)
 PAPER = {"model_seconds_per_spectrum": 245.0 / 64985, "ppxf_seconds_per_spectrum": 11.0, "speed_ratio": 2750.0,
          "note": "GalProTE Sect. 5.1: model on an RTX 4090 (245 s for NGC 4254's 64,985 bins); pPXF time "
                  "quoted from Woo et al. 2024, one core of an i9-13900K; not measured on one machine"}
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def subset_bins(bins: Bins, index) -> Bins:
@@ -77,31 +72,6 @@ def _versions() -> dict:
         except PackageNotFoundError:
             out[pkg] = None
     return out
-
-
-def time_model(model, spectra, *, batch_size: int = 256, n_model: int | None = None, min_seconds: float = 2.0,
-               max_repeats: int = 50, predict_fn=None) -> dict:
-    """Seconds per spectrum of ``predict_fn(model, spectra, batch_size)`` (default ``training.predict``)."""
-    if predict_fn is None:
-        from .training import predict as predict_fn
-    spectra = np.asarray(spectra, dtype=np.float32)
-    if spectra.shape[0] == 0:
-        raise ValueError("no spectra to time the model on")
-    n = spectra.shape[0] if n_model is None else int(n_model)
-    if n > spectra.shape[0]:  # cycle through the bins to reach n spectra
-        spectra = spectra[np.arange(n) % spectra.shape[0]]
-    else:
-        spectra = spectra[:n]
-    predict_fn(model, spectra[: min(batch_size, n)], batch_size)  # warm-up: allocations, kernels, caches
-    repeats, total = 0, 0.0
-    while repeats < max_repeats and (repeats == 0 or total < min_seconds):
-        t0 = time.perf_counter()
-        predict_fn(model, spectra, batch_size)
-        total += time.perf_counter() - t0
-        repeats += 1
-    sps = total / (repeats * n)
-    return {"seconds_per_spectrum": sps, "spectra_per_second": 1.0 / sps, "n_spectra": n, "repeats": repeats,
-            "total_seconds": total, "batch_size": int(batch_size)}
 
 
 def _cycled(spectra, n_model: int | None) -> np.ndarray:

@@ -239,6 +239,31 @@ def check(model: GalProTE, spectra, backend: str, *, threads: int | None = None,
 # ------------------------------------------------------------------------------------ timing
 
 
+def time_model(model, spectra, *, batch_size: int = 256, n_model: int | None = None, min_seconds: float = 2.0,
+               max_repeats: int = 50, predict_fn=None) -> dict:
+    """Seconds per spectrum of ``predict_fn(model, spectra, batch_size)`` (default ``training.predict``)."""
+    if predict_fn is None:
+        from .training import predict as predict_fn
+    spectra = np.asarray(spectra, dtype=np.float32)
+    if spectra.shape[0] == 0:
+        raise ValueError("no spectra to time the model on")
+    n = spectra.shape[0] if n_model is None else int(n_model)
+    if n > spectra.shape[0]:  # cycle through the bins to reach n spectra
+        spectra = spectra[np.arange(n) % spectra.shape[0]]
+    else:
+        spectra = spectra[:n]
+    predict_fn(model, spectra[: min(batch_size, n)], batch_size)  # warm-up: allocations, kernels, caches
+    repeats, total = 0, 0.0
+    while repeats < max_repeats and (repeats == 0 or total < min_seconds):
+        t0 = time.perf_counter()
+        predict_fn(model, spectra, batch_size)
+        total += time.perf_counter() - t0
+        repeats += 1
+    sps = total / (repeats * n)
+    return {"seconds_per_spectrum": sps, "spectra_per_second": 1.0 / sps, "n_spectra": n, "repeats": repeats,
+            "total_seconds": total, "batch_size": int(batch_size)}
+
+
 def sweep_settings(backend: str, *, cores: int, batch_size: int = 256, batch_sizes=(64, 256, 1024)) -> list[tuple]:
     """(threads, batch size) pairs timed per backend: threads 1..cores at ``batch_size`` and the batch
     sizes at all cores; one setting for bf16 and compile (each costs more to set up than it can win)."""
@@ -252,8 +277,6 @@ def benchmark_variants(model: GalProTE, spectra, *, backends=BACKENDS, cores: in
                        min_seconds: float = 1.0, frac: float = 0.05) -> dict:
     """Per backend: build seconds, the accuracy against eager (`check`) and seconds per spectrum at each
     `sweep_settings` pair, or the error that stopped it (e.g. no C compiler for ``compile``)."""
-    from .bench import time_model
-
     spectra = np.asarray(spectra, dtype=np.float32)
     ref = run_batches(runner(model, "eager"), spectra, batch_size)
     out = {}

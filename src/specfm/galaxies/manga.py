@@ -35,6 +35,7 @@ from specfm.io import atomic_path
 
 from .cube_io import check_linear_keywords, plane_range
 from .preprocessing import mask_bad, vacuum_to_air
+from .spectrum import Spectrum, air_wavelengths
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,7 @@ class MangaSource:
 
 
 def spectra_from_manga(hdul: fits.HDUList, name: str, path: str, frame: str | None, bits=MASK_BITS) -> list:
-    """The rows of a MaNGA-format spectra file (module docstring) as `single.Spectrum` objects."""
-    from .single import Spectrum, _to_air
-
+    """The rows of a MaNGA-format spectra file (module docstring) as `spectrum.Spectrum` objects."""
     flux = np.asarray(hdul["FLUX"].data)
     if flux.ndim == 3:
         raise ValueError(f"{name}: a MaNGA cube (FLUX is 3-D): bin it with a galaxies target of kind manga")
@@ -173,7 +172,7 @@ def spectra_from_manga(hdul: fits.HDUList, name: str, path: str, frame: str | No
     if wave.size != flux2.shape[1]:
         raise ValueError(f"{name}: WAVE has {wave.size} values for spectra of {flux2.shape[1]} pixels")
     frame = frame or "vacuum"
-    air = _to_air(wave, frame, name)
+    air = air_wavelengths(wave, frame, name)
     out = []
     for i in range(flux2.shape[0]):
         label = name if flux2.shape[0] == 1 else f"{name}[{i}]"

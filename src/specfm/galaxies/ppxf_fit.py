@@ -47,6 +47,7 @@ error in the log; the map goes on.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -244,13 +245,19 @@ def fit_one(setup: PPXFSetup, spec, noise, norm=np.nan) -> dict:
 _WORKER: dict = {}
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a SLURM allocation), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def threads_per_job(n_jobs: int, cores: int | None = None) -> int:
     """BLAS/OpenMP threads each of ``n_jobs`` worker processes may use so that n_jobs x threads <= cores
     (at least 1): a forked worker otherwise starts as many BLAS threads as the machine has cores, and
     n_jobs workers oversubscribe the CPU n_jobs-fold."""
     if cores is None:
-        from .bench import available_cores
-
         cores = available_cores()
     return max(1, int(cores) // max(1, int(n_jobs)))
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,9 @@ from astropy.io import fits
 
 from .cube import Bins
 from .cube_io import check_linear_keywords
-from .preprocessing import BinSettings, RestFrame, check_coverage, finish, mask_bad, snr_in_window, vacuum_to_air
+from .preprocessing import BinSettings, RestFrame, check_coverage, finish, mask_bad, snr_in_window
 from .spectra import paper_wavelength_grid
+from .spectrum import Spectrum, air_wavelengths
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,6 @@ MASK_COLUMNS = ("mask", "and_mask")
 ERROR_EXTS = {"ERROR": "sigma", "ERR": "sigma", "SIGMA": "sigma", "NOISE": "sigma", "VAR": "var",
               "VARIANCE": "var", "STAT": "var", "IVAR": "ivar"}
 TABLE_SUFFIXES = (".csv", ".ecsv", ".parquet", ".pq")
-
-
-@dataclass(frozen=True)
-class Spectrum:
-    name: str  # file name, with [row] when the file holds several
-    wave: np.ndarray  # [n] Angstrom, observed frame, AIR (converted if the input was vacuum)
-    flux: np.ndarray  # [n] float32, NaN = masked
-    var: np.ndarray  # [n] float32 variance, NaN = masked
-    frame: str  # "air" or "vacuum" (the input's; wave is air either way)
-    path: str = ""
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -74,16 +65,6 @@ def _variance(kind: str, values) -> np.ndarray:
     return np.where(v > 0, v, np.nan)
 
 
-def _to_air(wave, frame: str, name: str) -> np.ndarray:
-    wave = np.asarray(wave, dtype=float)
-    if frame == "vacuum":
-        log.info("%s: vacuum wavelengths converted to air (Ciddor 1996)", name)
-        wave = vacuum_to_air(wave)
-    if wave.ndim != 1 or wave.size < 2 or np.any(~np.isfinite(wave)) or np.any(np.diff(wave) <= 0):
-        raise ValueError(f"{name}: wavelengths are not a finite, increasing 1-D array")
-    return wave
-
-
 def _build(name, path, wave, flux, var, frame, bad=None) -> Spectrum:
     flux = np.array(flux, dtype=np.float32)
     var = np.array(var, dtype=np.float32)
@@ -95,7 +76,7 @@ def _build(name, path, wave, flux, var, frame, bad=None) -> Spectrum:
     mask_bad(flux[:, None], var[:, None])
     if not np.isfinite(flux).any():
         raise ValueError(f"{name}: the flux is NaN, infinite or masked at every pixel")
-    return Spectrum(name=name, wave=_to_air(wave, frame, name), flux=flux, var=var, frame=frame, path=path)
+    return Spectrum(name=name, wave=air_wavelengths(wave, frame, name), flux=flux, var=var, frame=frame, path=path)
 
 
 def _pick(columns, aliases, name: str, what: str, required: bool = True):
