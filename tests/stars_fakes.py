@@ -49,3 +49,20 @@ def fake_raw(n: int, seed: int = 0, first_id: int = 10**15) -> pd.DataFrame:
     df.loc[no_xp, C.XP] = np.nan
     df.loc[rng.random(n) < 0.1, "tmass_j"] = -9999.0  # a sentinel, must become missing
     return df
+
+
+def sigterm_at(base, kill_at):
+    """A loss_fn that sends this process SIGTERM at training call `kill_at` (None: never), as a
+    preempting scheduler would, and is `base` otherwise (resume tests)."""
+    import os
+    import signal
+
+    calls = {"n": 0}
+
+    def loss_fn(m, batch):
+        calls["n"] += 1
+        if m.training and calls["n"] == kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return base(m, batch)
+
+    return loss_fn

@@ -23,6 +23,7 @@ from specfm.stars.archive.partition import n_pixels, partitions, source_id_range
 from specfm.stars.archive.tap import ArchiveQueryError, RetryPolicy
 from specfm.stars.archive.xp_bulk import (XpBulkError, files_for_partition, parse_array, read_md5sum,
                                           read_xp_bulk, xp_for_partition)
+from specfm.stars.xp import canonical_errors
 from tap_server import HANG, Fail, TapServer, votable_bytes
 
 FAST = RetryPolicy(retries=2, backoff=0.01, timeout=1.0, poll=0.01)
@@ -206,9 +207,11 @@ def test_datalink_xp_through_load_data(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     ids = _ids(3)
     bp, rp = rng.normal(size=(3, 55)), rng.normal(size=(3, 55))
+    err = rng.uniform(0.01, 0.1, size=(3, 110))
     requests = []
-    reply = {"XP_CONTINUOUS_RAW.xml": votable_bytes(Table({"source_id": ids, "bp_coefficients": bp,
-                                                          "rp_coefficients": rp}))}
+    reply = {"XP_CONTINUOUS_RAW.xml": votable_bytes(Table({
+        "source_id": ids, "bp_coefficients": bp, "rp_coefficients": rp,
+        "bp_coefficient_errors": err[:, :55], "rp_coefficient_errors": err[:, 55:]}))}
 
     def datalink(params):
         requests.append(params)
@@ -221,6 +224,7 @@ def test_datalink_xp_through_load_data(tmp_path, monkeypatch):
     assert requests[0]["ID"] == ",".join(map(str, ids))
     np.testing.assert_array_equal(xp[C.XP_BP].to_numpy(), bp)
     np.testing.assert_array_equal(xp[C.XP_RP].to_numpy(), rp)
+    np.testing.assert_allclose(xp[C.XP_ERR].to_numpy(), canonical_errors(err))
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # its temporary directory is gone
 
 
@@ -283,11 +287,14 @@ def test_skymapper_job_error_message_reaches_the_user():
 
 
 def _xp_csv(path, rows, *, header_extra=""):
-    """An ESA-style bulk file: ECSV '#' header, then CSV with arrays as quoted strings."""
+    """An ESA-style bulk file: ECSV '#' header, then CSV with arrays as quoted strings; rows of
+    (source_id, bp, rp) or (source_id, bp, rp, bp_errors, rp_errors) (the real files have errors)."""
     lines = ["# %ECSV 1.0", "# ---", "# datatype:", "# - {name: source_id, datatype: int64}"]
-    lines.append("solution_id,source_id,bp_n_parameters,bp_coefficients,rp_n_parameters,rp_coefficients" + header_extra)
-    for sid, bp, rp in rows:
-        lines.append(f'375316653866487564,{sid},55,"{bp}",55,"{rp}"')
+    errors = ",bp_coefficient_errors,rp_coefficient_errors" if len(rows[0]) == 5 else ""
+    lines.append("solution_id,source_id,bp_n_parameters,bp_coefficients,rp_n_parameters,rp_coefficients"
+                 + errors + header_extra)
+    for sid, bp, rp, *err in rows:
+        lines.append(f'375316653866487564,{sid},55,"{bp}",55,"{rp}"' + "".join(f',"{e}"' for e in err))
     with gzip.open(path, "wt") as fh:
         fh.write("\n".join(lines) + "\n")
 
@@ -299,9 +306,11 @@ def _arr(values, brackets="[]"):
 def test_xp_bulk_streams_in_chunks_and_filters_the_partition(tmp_path):
     rng = np.random.default_rng(1)
     coeffs = rng.normal(size=(5, 110))
+    errors = rng.uniform(0.01, 0.1, size=(5, 110))
     ids = [*_ids(4), source_id_range(HPX + 1, LEVEL)[0]]  # the last is another partition's
-    rows = [(ids[i], _arr(coeffs[i, :55]), _arr(coeffs[i, 55:], "()")) for i in range(5)]
-    rows[2] = (ids[2], "null", _arr(coeffs[2, 55:]))  # no BP spectrum: missing, not an error
+    rows = [(ids[i], _arr(coeffs[i, :55]), _arr(coeffs[i, 55:], "()"), _arr(errors[i, :55]),
+             _arr(errors[i, 55:])) for i in range(5)]
+    rows[2] = (ids[2], "null", _arr(coeffs[2, 55:]), "null", _arr(errors[2, 55:]))  # no BP spectrum
     path = tmp_path / "XpContinuousMeanSpectrum_000000-003111.csv.gz"
     _xp_csv(path, rows)
     chunks = list(read_xp_bulk(path, source_id_range=(LO, HI), chunk_rows=3))
@@ -310,6 +319,12 @@ def test_xp_bulk_streams_in_chunks_and_filters_the_partition(tmp_path):
     assert xp["source_id"].tolist() == ids[:4]
     np.testing.assert_array_equal(xp.loc[[0, 1, 3], C.XP].to_numpy(), coeffs[[0, 1, 3]])
     assert xp.loc[2, C.XP_BP].isna().all() and np.allclose(xp.loc[2, C.XP_RP], coeffs[2, 55:])
+    # Gaia's errors become those of the canonical coefficients; a row without BP has none
+    np.testing.assert_allclose(xp.loc[[0, 1, 3], C.XP_ERR].to_numpy(), canonical_errors(errors[[0, 1, 3]]))
+    assert xp.loc[2, C.XP_ERR].isna().all()
+    no_errors = tmp_path / "XpContinuousMeanSpectrum_003112-003200.csv.gz"
+    _xp_csv(no_errors, [r[:3] for r in rows])
+    assert not set(C.XP_ERR) & set(next(read_xp_bulk(no_errors)).columns)  # absent, never invented
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -441,9 +456,9 @@ def test_unreadable_label_file_is_named(tmp_path):
 
 
 def test_partition_end_to_end_merge_and_atomic_write(tmp_path):
-    good = _arr(np.arange(55.0))
+    good, err = _arr(np.arange(55.0)), _arr(np.full(55, 0.5))
     bulk = tmp_path / "XpContinuousMeanSpectrum_000000-786431.csv.gz"
-    _xp_csv(bulk, [(sid, good, good) for sid in _ids(6)[[0, 1]]])
+    _xp_csv(bulk, [(sid, good, good, err, err) for sid in _ids(6)[[0, 1]]])
     import hashlib
     index = tmp_path / "_MD5SUM.txt"
     index.write_text(f"{hashlib.md5(bulk.read_bytes()).hexdigest()}  {bulk.name}\n")
@@ -465,6 +480,8 @@ def test_partition_end_to_end_merge_and_atomic_write(tmp_path):
     assert (frame["healpix"] == HPX).all()
     f = frame.set_index("source_id")
     assert f.loc[ids[0], "bp_54"] == 54.0 and f.loc[ids[2], C.XP].isna().all()  # no XP -> NaN, not 0
+    np.testing.assert_allclose(f.loc[ids[0], C.XP_ERR].to_numpy(float), canonical_errors(np.full((1, 110), 0.5))[0])
+    assert f.loc[ids[2], C.XP_ERR].isna().all()
     assert f.loc[ids[0], "tmass_j"] == 10.0 and np.isnan(f.loc[ids[1], "tmass_j"])
     assert f.loc[ids[0], "sm_r"] == 15.1 and np.isnan(f.loc[ids[1], "sm_r"])
     assert f.loc[ids[2], "teff"] == 5000.0 and f.loc[ids[2], "label_survey"] == "galah"

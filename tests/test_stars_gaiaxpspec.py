@@ -26,7 +26,8 @@ ROWS = [
     ("2M00000012-0000001", 2546000000000000004, 90.0, 6100.0, 12.0, np.nan),  # APOGEE's own NaN
     ("2M23595999+8959599", 576000000000000005, 40.0, 3900.0, 8.20, -1.00),
 ]
-MISSING = sorted(set(G.OUTPUT_COLUMNS) - set(C.IDENTITY) - set(G.SCALAR_MAP.values()) - set(C.XP) - {"ebv"})
+MISSING = sorted(set(G.OUTPUT_COLUMNS) - set(C.IDENTITY) - set(G.SCALAR_MAP.values()) - set(C.XP)
+                 - set(C.XP_ERR) - {"ebv"})
 
 
 def write_library(path, rows=ROWS, drop=()):
@@ -77,7 +78,7 @@ def read(path, **kw):
 def test_contract_rows_and_values(library, caplog):
     with caplog.at_level(logging.INFO, logger="specfm.stars"):
         df = read(library)
-    assert list(df.columns) == G.OUTPUT_COLUMNS == C.RAW_COLUMNS + C.LABELS + C.LABEL_ERRORS
+    assert list(df.columns) == G.OUTPUT_COLUMNS == C.RAW_COLUMNS + C.LABELS + C.LABEL_ERRORS + C.XP_ERR
     assert df["source_id"].dtype == np.int64 and df["healpix"].dtype == np.int64
     assert all(df[c].dtype == np.float64 for c in G.OUTPUT_COLUMNS if c not in ("source_id", "healpix"))
     # the null id and the lower-snr duplicate are gone, the rest keep file order
@@ -118,12 +119,30 @@ def test_coefficients_reproduce_the_stored_spectra(library):
     assert np.abs(df["bp_0"]).min() > 1.0  # Gaia units (e-/s), not the medflux-normalised ones
 
 
+def test_errors_are_those_of_the_canonical_coefficients_from_the_flux_errors(library):
+    """The *_err columns: `fit_coefficients(errors=True)` on the stored flux and flux_error, in
+    e-/s (scaled by medflux like the coefficients); far below the canonical values of these
+    1 %-error spectra for the leading coefficients."""
+    df = read(library)
+    with fits.open(library) as hdul:
+        t = hdul[1].data
+        keep = [0, 2, 3, 5, 6]
+        fit = xp.fit_coefficients(t["flux"][keep].astype(float), t["flux_error"][keep].astype(float),
+                                  scale=t["medflux"][keep].astype(float), errors=True)
+    np.testing.assert_allclose(df[C.XP_ERR].to_numpy(), fit.canonical_error, rtol=1e-12)
+    assert (df[C.XP_ERR].to_numpy() > 0).all()
+    lead = xp.canonical_coefficients(df[C.XP].to_numpy())[:, [0, 55]]
+    assert (df[["bp_0_err", "rp_0_err"]].to_numpy() < 0.05 * np.abs(lead)).all()
+
+
 def test_chunking_and_duplicates_across_chunks(library):
     whole = read(library, chunk_rows=1000)
     pieces = list(G.read_library(library, LEVEL, chunk_rows=2))
     assert [len(p) for p in pieces] == [2, 2, 1]
     joined = pd.concat(pieces, ignore_index=True)
-    pd.testing.assert_frame_equal(joined.drop(columns=C.XP), whole.drop(columns=C.XP), check_exact=True)
+    xp_cols = C.XP + C.XP_ERR
+    pd.testing.assert_frame_equal(joined.drop(columns=xp_cols), whole.drop(columns=xp_cols), check_exact=True)
+    np.testing.assert_allclose(joined[C.XP_ERR].to_numpy(), whole[C.XP_ERR].to_numpy(), rtol=1e-6)
     # BLAS rounds a 1-star and a 5-star product differently (1e-16), and the near-null directions
     # of the design amplify that; the coefficients still agree to 1e-5 of each star's vector
     diff = np.linalg.norm(joined[C.XP].to_numpy() - whole[C.XP].to_numpy(), axis=1)

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from stars_fakes import fake_raw
+from stars_fakes import fake_raw, sigterm_at
 
 from specfm.stars import columns as C
 from specfm.stars.evaluate import joined_test, metrics, scores
@@ -237,9 +237,6 @@ def test_seen_ids_finds_every_earlier_id_and_nothing_else():
 def test_training_from_the_stream_resumes_exactly_after_sigterm(feature_table, tmp_path):
     """A SIGTERM mid-epoch checkpoints; the rerun skips the batches done and ends bit-identical
     (with 2 DataLoader workers decoding the stream, against a run decoding in-process)."""
-    import os
-    import signal
-
     from specfm.train import Preempted, fit
     from specfm.stars.features import load_scaling
     from specfm.stars.training import build_model, make_loss, validation_set
@@ -253,15 +250,7 @@ def test_training_from_the_stream_resumes_exactly_after_sigterm(feature_table, t
         stream = ParquetBatchStream([d / "f.parquet"], arrays_from_columns([C.FEATURES, C.LABELS]),
                                     columns=C.FEATURES + C.LABELS + ["split"], where=("split", "train"),
                                     buffer_rows=train["buffer_rows"], seed=4, workers=workers)
-        base = make_loss("finetune", masking_policy(0.9, 0.6))
-        calls = {"n": 0}
-
-        def loss_fn(m, batch):
-            calls["n"] += 1
-            if m.training and calls["n"] == kill_at:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return base(m, batch)
-
+        loss_fn = sigterm_at(make_loss("finetune", masking_policy(0.9, 0.6)), kill_at)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         fit(model, loss_fn, stream, validation_set(d / "f.parquet", 300, 4), optimizer=opt,
             max_epochs=2, patience=None, checkpoint_dir=ckdir, seed=4, batch_size=128, device="cpu",

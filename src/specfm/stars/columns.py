@@ -20,6 +20,10 @@ GAIA_PHOTOMETRY = ["phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag"]
 XP_BP = [f"bp_{i}" for i in range(N_XP)]
 XP_RP = [f"rp_{i}" for i in range(N_XP)]
 XP = XP_BP + XP_RP
+# 1-sigma error of each coefficient's canonical (flux-determined) part, same units; NaN = unknown.
+# Optional in raw partitions (a fetcher that does not keep Gaia's errors writes none); only the
+# training augmentation `stars.*.xp_noise` reads them.
+XP_ERR = [f"{c}_err" for c in XP]
 
 # Crossmatched photometry (magnitudes in each survey's own system).
 SURVEY_BANDS = {
@@ -31,6 +35,21 @@ SURVEY_BANDS = {
 }
 PHOTOMETRY = GAIA_PHOTOMETRY + [c for bands in SURVEY_BANDS.values() for c in bands]
 EXTINCTION = ["ebv"]  # E(B-V) from the configured dust map (SFD at full scale)
+
+
+def _adjacent(bands: list[str]) -> list[tuple[str, str]]:
+    return list(zip(bands[:-1], bands[1:]))
+
+
+# Colours (bluer minus redder magnitude) the MSA may derive in its input stage (`stars.model.colours`):
+# Gaia's, 2MASS and WISE bridged to it, and adjacent bands within each optical survey. The name is
+# "<blue>-<red>"; the feature builder samples their scaling statistics, the table does not store them.
+COLOUR_PAIRS = ([("phot_bp_mean_mag", "phot_rp_mean_mag"), ("phot_g_mean_mag", "phot_rp_mean_mag"),
+                 ("phot_g_mean_mag", "tmass_j"), ("tmass_ks", "w1")]
+                + _adjacent(SURVEY_BANDS["tmass"]) + _adjacent(SURVEY_BANDS["catwise"])
+                + _adjacent(SURVEY_BANDS["skymapper"]) + _adjacent(SURVEY_BANDS["ps1"])
+                + _adjacent(SURVEY_BANDS["sdss"]))
+COLOURS = [f"{a}-{b}" for a, b in COLOUR_PAIRS]
 
 # Labels for fine-tuning and their 1-sigma errors (``<label>_err``).
 LABELS = ["teff", "logg", "fe_h", "alpha_fe", "age", "parallax_label"]

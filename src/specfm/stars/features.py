@@ -14,11 +14,16 @@ Feature columns (all float32, NaN = not measured; documented in config/README.md
   untouched.
 * magnitudes per survey as published (Vega or AB, each survey's own system); parallax (mas),
   proper motions (mas/yr), E(B-V) (mag).
+* ``bp_*_err``, ``rp_*_err``: 1-sigma errors of the XP features (the raw ``*_err`` columns divided by
+  the same G-band flux; NaN where the raw partition has none). Only training's ``xp_noise``
+  augmentation reads them; they are not features.
 * ``has_<group>``: booleans saying which groups are present (the validity mask).
 Labels (teff, logg, ...) and their errors pass through in physical units.
 Scaling: median and IQR per feature and label over the *training* split, estimated from a
 seeded reservoir of at most `reservoir` values per column, written once as JSON; the model applies
 it (so the table stays in physical units and other scalings can be tried without rebuilding).
+The colours of ``columns.COLOURS`` get statistics too (`colour_frame`), but no table column: the
+model derives them from the magnitudes it is given, so a hidden magnitude hides its colours.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ SPLITS = ("train", "val", "test")
 GROUPS = {"xp": C.XP, "gaia": C.GAIA_PHOTOMETRY, **C.SURVEY_BANDS,
           "astrometry": ["parallax", "pmra", "pmdec"], "ebv": C.EXTINCTION}
 TABLE_COLUMNS = (["source_id", "healpix", "ra", "dec", "split"] + C.FEATURES
-                 + [f"has_{g}" for g in GROUPS] + C.LABELS + C.LABEL_ERRORS)
+                 + [f"has_{g}" for g in GROUPS] + C.LABELS + C.LABEL_ERRORS + C.XP_ERR)
+SCALED_COLUMNS = C.FEATURES + C.LABELS + C.COLOURS  # the columns with median/IQR statistics
 
 
 class FeatureError(ValueError):
@@ -77,6 +83,24 @@ def _numeric(df: pd.DataFrame, cols: list[str], origin: str) -> pd.DataFrame:
                            f"{' ...' if len(missing) > 5 else ''}")
     block = df[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
     return block.mask(block.isin(C.SENTINELS))
+
+
+def colour_frame(feats: pd.DataFrame) -> pd.DataFrame:
+    """Every colour of ``columns.COLOURS`` (blue minus red magnitude), NaN where either is missing:
+    what the model's input stage computes (`MaskedStellarAutoencoder.colours`), here for its scaling."""
+    return pd.DataFrame({name: feats[a].to_numpy(np.float64) - feats[b].to_numpy(np.float64)
+                         for name, (a, b) in zip(C.COLOURS, C.COLOUR_PAIRS)}, index=feats.index)
+
+
+def _xp_errors(df: pd.DataFrame, origin: str, n: int) -> np.ndarray:
+    """(n, 110) raw XP errors, all NaN when the partition carries none (a fetcher that keeps no
+    Gaia errors); a partition with only some of the columns is broken, not error-free."""
+    present = [c for c in C.XP_ERR if c in df.columns]
+    if not present:
+        return np.full((n, len(C.XP_ERR)), np.nan)
+    if len(present) != len(C.XP_ERR):
+        raise FeatureError(f"{origin}: raw table has {len(present)} of the {len(C.XP_ERR)} XP error columns")
+    return _numeric(df, C.XP_ERR, origin).to_numpy()
 
 
 def canonical_xp(block: np.ndarray) -> np.ndarray:
@@ -115,6 +139,7 @@ def features_from_raw(df: pd.DataFrame, origin: str = "raw") -> tuple[pd.DataFra
     values = _numeric(df, C.FEATURES + C.LABELS + C.LABEL_ERRORS + ["ra", "dec"], origin)
     g_flux = 10.0 ** (-0.4 * (values["phot_g_mean_mag"].to_numpy() - G_ZERO_POINT))
     values[C.XP] = canonical_xp(values[C.XP].to_numpy()) / g_flux[:, None]
+    errors = pd.DataFrame(np.abs(_xp_errors(df, origin, len(df))) / g_flux[:, None], columns=C.XP_ERR)
     out = pd.DataFrame({"source_id": df["source_id"].astype("int64").to_numpy()})
     out["healpix"] = pd.to_numeric(df["healpix"]).astype("int64").to_numpy()
     out["ra"], out["dec"] = values["ra"].to_numpy(), values["dec"].to_numpy()
@@ -122,7 +147,8 @@ def features_from_raw(df: pd.DataFrame, origin: str = "raw") -> tuple[pd.DataFra
     feats = values[C.FEATURES].astype("float32")
     has = {f"has_{g}": feats[cols].notna().all(axis=1).to_numpy() for g, cols in GROUPS.items()}
     out = pd.concat([out, feats, pd.DataFrame(has),
-                     values[C.LABELS + C.LABEL_ERRORS].astype("float32")], axis=1)
+                     values[C.LABELS + C.LABEL_ERRORS].astype("float32"), errors.astype("float32")],
+                    axis=1)
     counts["rows_out"] = len(out)
     return out[TABLE_COLUMNS], counts
 
@@ -211,7 +237,7 @@ def build_partition(chunks: Iterable[tuple[str, pd.DataFrame]], table_out, reser
     At full scale a partition is one HEALPix pixel (~20k stars at level 5), and a source_id
     belongs to exactly one pixel, so no duplicate can hide in another partition.
     """
-    res = Reservoir(C.FEATURES + C.LABELS, reservoir, seed)
+    res = Reservoir(SCALED_COLUMNS, reservoir, seed)
     totals = {"rows_in": 0, "rows_out": 0, "dropped_no_source_id": 0,
               "dropped_duplicate_source_id": 0, "per_split": dict.fromkeys(SPLITS, 0)}
     seen = SeenIds()
@@ -235,7 +261,8 @@ def build_partition(chunks: Iterable[tuple[str, pd.DataFrame]], table_out, reser
                     totals[k] += counts[k]
                 for s in SPLITS:
                     totals["per_split"][s] += int((feats["split"] == s).sum())
-                res.add(feats.loc[feats["split"] == "train"])
+                train = feats.loc[feats["split"] == "train"]
+                res.add(pd.concat([train, colour_frame(train)], axis=1))
                 table = pa.Table.from_pandas(feats, preserve_index=False)
                 if writer is None:
                     schema = table.schema
@@ -272,6 +299,10 @@ def merge_scaling(reservoir_paths, scaling_out, *, reservoir: int = 100_000, see
         with np.load(path, allow_pickle=False) as z:
             counts = json.loads(str(z["counts"]))
             cols = [str(c) for c in z["columns"]]
+            lacking = [c for c in SCALED_COLUMNS if c not in cols]
+            if lacking:
+                raise FeatureError(f"{path}: reservoir lacks {lacking[:3]} (written by an older "
+                                   "specfm); rebuild it (snakemake --forcerun stars_features)")
             parts.append((dict(zip(cols, z["seen"].tolist())),
                           {c: z[f"v_{i}"] for i, c in enumerate(cols)}))
         for k, v in counts.items():
@@ -282,7 +313,7 @@ def merge_scaling(reservoir_paths, scaling_out, *, reservoir: int = 100_000, see
                 totals[k] += v
     if totals["per_split"]["train"] == 0:
         raise FeatureError(f"{scaling_out}: no rows fell in the training split")
-    merged = Reservoir(C.FEATURES + C.LABELS, reservoir, seed)
+    merged = Reservoir(SCALED_COLUMNS, reservoir, seed)
     for c in merged.columns:
         seen = np.array([p[0][c] for p in parts], dtype=np.float64)
         n_total = seen.sum()

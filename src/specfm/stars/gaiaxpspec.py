@@ -5,7 +5,8 @@ APOGEE DR17 stars with their Gaia EDR3 source_id, G/BP/RP, 2MASS J/H/K, ASPCAP T
 [Fe/H], [alpha/M] (+ errors) and the Gaia XP spectrum sampled on gaiaxpy's default 343-point grid
 (336..1020 nm), divided by its median (``medflux``, W m^-2 nm^-1; the median of every stored
 ``flux`` row is exactly 1). `read_library` turns it into raw catalogue partitions in the column
-contract of `specfm.stars.columns`: coefficients recovered with `specfm.stars.xp`, positions from
+contract of `specfm.stars.columns`: coefficients recovered with `specfm.stars.xp` (and the errors of
+their canonical part from the fit's covariance and the library's ``flux_error``), positions from
 the 2MASS designations, E(B-V) from the Burstein & Heiles map bundled with `dustmaps`, and every
 column the library does not have (parallax, proper motions, other surveys, age) left NaN.
 
@@ -31,7 +32,7 @@ from . import xp
 
 log = logging.getLogger("specfm.stars")
 
-OUTPUT_COLUMNS = C.RAW_COLUMNS + C.LABELS + C.LABEL_ERRORS
+OUTPUT_COLUMNS = C.RAW_COLUMNS + C.LABELS + C.LABEL_ERRORS + C.XP_ERR
 INT_COLUMNS = ("source_id", "healpix")
 
 NULL_SOURCE_ID = 999999  # TNULL of gaiaedr3_source_id in the library file
@@ -224,10 +225,12 @@ def _chunk_frame(table, idx, source_id, apogee_id, healpix_level, counts, sentin
         data[dst] = values
     fit = xp.fit_coefficients(np.asarray(table["flux"][idx], dtype=float),
                               np.asarray(table["flux_error"][idx], dtype=float),
-                              scale=np.asarray(table["medflux"][idx], dtype=float), on_bad="nan")
+                              scale=np.asarray(table["medflux"][idx], dtype=float), on_bad="nan",
+                              errors=True)
     counts["xp_failed"] += int((~fit.ok).sum())
     for j, name in enumerate(C.XP):
         data[name] = fit.coefficients[:, j]
+        data[C.XP_ERR[j]] = fit.canonical_error[:, j]
     data["ebv"] = ebv_burstein_heiles(ra, dec)
     counts["ebv_nan"] += int(np.isnan(data["ebv"]).sum())
     frame = pd.DataFrame(data, columns=OUTPUT_COLUMNS)

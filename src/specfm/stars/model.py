@@ -8,6 +8,12 @@ Design choices (the thesis leaves them open):
   per feature), on median/IQR-scaled inputs; the scaling is a buffer of the model so a saved
   model carries it and predicts from physical units.
 * Quantiles cannot cross: the head predicts the median and two softplus offsets.
+* Colours (``colours``, off by default): a tree splits on BP - RP directly, while an MLP over
+  per-feature embeddings must learn a 0.01-mag difference of two magnitudes whose IQR is ~2 mag.
+  With ``colour_pairs`` the input stage appends each pair's difference, scaled by its own
+  median/IQR, as one more embedded feature. It is derived from the *visible* magnitudes after
+  masking, so a colour is hidden whenever either magnitude is missing or masked, in pretraining,
+  fine-tuning and prediction alike; the decoder still reconstructs the magnitudes only.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class MSAConfig:
     dropout: float = 0.1
     head_width: int = 128
     head_layers: int = 5
+    colour_pairs: tuple[tuple[int, int], ...] = ()  # (blue, red) feature indices; () = no colours
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,19 +69,25 @@ def residual_stack(d_in: int, widths, dropout: float) -> nn.Sequential:
 
 
 class MaskedStellarAutoencoder(nn.Module):
-    def __init__(self, cfg: MSAConfig, feature_center, feature_scale, label_center, label_scale):
+    def __init__(self, cfg: MSAConfig, feature_center, feature_scale, label_center, label_scale,
+                 colour_center=(), colour_scale=()):
         super().__init__()
         self.cfg = cfg
         f, d = cfg.n_features, cfg.d_embedding
+        n_in = f + len(cfg.colour_pairs)  # embedded inputs: the features, then the colours
         self.register_buffer("feature_center", torch.as_tensor(feature_center, dtype=torch.float32))
         self.register_buffer("feature_scale", torch.as_tensor(feature_scale, dtype=torch.float32))
         self.register_buffer("label_center", torch.as_tensor(label_center, dtype=torch.float32))
         self.register_buffer("label_scale", torch.as_tensor(label_scale, dtype=torch.float32))
-        self.embed = PeriodicEmbeddings(f, d, n_frequencies=cfg.n_frequencies,
+        if cfg.colour_pairs:
+            self.register_buffer("colour_index", torch.as_tensor(cfg.colour_pairs, dtype=torch.long))
+            self.register_buffer("colour_center", torch.as_tensor(colour_center, dtype=torch.float32))
+            self.register_buffer("colour_scale", torch.as_tensor(colour_scale, dtype=torch.float32))
+        self.embed = PeriodicEmbeddings(n_in, d, n_frequencies=cfg.n_frequencies,
                                         frequency_init_scale=cfg.frequency_scale, lite=False)
-        self.missing = nn.Parameter(torch.randn(f, d) * 0.1)
+        self.missing = nn.Parameter(torch.randn(n_in, d) * 0.1)
         widths = tuple(cfg.widths)
-        self.encoder = nn.Sequential(residual_stack(f * d, widths, cfg.dropout),
+        self.encoder = nn.Sequential(residual_stack(n_in * d, widths, cfg.dropout),
                                      nn.Linear(widths[-1], cfg.latent))
         self.decoder = nn.Sequential(residual_stack(cfg.latent, widths[::-1], cfg.dropout),
                                      nn.Linear(widths[0], f))
@@ -97,7 +110,25 @@ class MaskedStellarAutoencoder(nn.Module):
     def unscale_labels(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.label_scale + self.label_center
 
+    def colours(self, z: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled features + visibility -> (scaled colours (B, C), 0 where hidden; their visibility).
+
+        Computed from physical magnitudes (unscaled here) so the value is exactly blue - red."""
+        blue, red = self.colour_index[:, 0], self.colour_index[:, 1]
+        mag = z * self.feature_scale + self.feature_center
+        seen = visible[:, blue] & visible[:, red]
+        c = (mag[:, blue] - mag[:, red] - self.colour_center) / self.colour_scale
+        return torch.where(seen, c, torch.zeros_like(c)), seen
+
+    def inputs(self, z: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What is embedded: the features, then (with colour_pairs) the colours."""
+        if not self.cfg.colour_pairs:
+            return z, visible
+        c, seen = self.colours(z, visible)
+        return torch.cat([z, c], 1), torch.cat([visible, seen], 1)
+
     def encode(self, z: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        z, visible = self.inputs(z, visible)
         e = self.embed(z)
         e = torch.where(visible.unsqueeze(-1), e, self.missing.expand_as(e))
         return self.encoder(e.flatten(1))

@@ -284,7 +284,7 @@ def fetch_xp_datalink(gaia, source_ids, *, policy: RetryPolicy, what: str, chunk
     """XP continuous coefficients for `source_ids` through DataLink
     (``load_data(retrieval_type='XP_CONTINUOUS', data_structure='RAW')``: one row per source, the
     coefficient arrays as arrays), in chunks (the archive caps ids per request)."""
-    from .xp_bulk import coefficient_frame
+    from .xp_bulk import ERROR_FIELDS, coefficient_frame
 
     ids = [int(s) for s in source_ids]
     frames = []
@@ -309,8 +309,9 @@ def fetch_xp_datalink(gaia, source_ids, *, policy: RetryPolicy, what: str, chunk
 
         for table in with_retries(attempt, what=what, query=query, policy=policy):
             records = {name: list(table[name]) for name in
-                       ("source_id", "bp_coefficients", "rp_coefficients") if name in table.colnames}
-            if len(records) != 3:
+                       ("source_id", "bp_coefficients", "rp_coefficients", *ERROR_FIELDS)
+                       if name in table.colnames}
+            if not {"source_id", "bp_coefficients", "rp_coefficients"} <= set(records):
                 raise ValueError(f"{what}: DataLink XP table lacks source_id/bp_coefficients/rp_coefficients "
                                  f"(columns: {', '.join(table.colnames)})")
             frames.append(coefficient_frame(records, origin=f"{what} DataLink"))

@@ -1,7 +1,7 @@
 """Join Gaia + crossmatches + SkyMapper + XP + labels on source_id into one raw partition, and write it.
 
 Gaia's gaia_source is the spine (a left join: every Gaia row stays, a survey without a match leaves
-NaN). Output columns: `columns.RAW_COLUMNS` + LABELS + LABEL_ERRORS + the flags in `FLAG_COLUMNS`,
+NaN). Output columns: `columns.RAW_COLUMNS` + LABELS + LABEL_ERRORS + the flags in `FLAG_COLUMNS` + XP_ERR,
 always all of them, in that order, so every partition has the same schema whatever matched.
 """
 
@@ -21,7 +21,7 @@ from specfm.stars import columns as C
 log = logging.getLogger(__name__)
 
 FLAG_COLUMNS = ["has_xp_continuous", "in_qso_candidates", "in_galaxy_candidates", "label_survey"]
-OUTPUT_COLUMNS = C.RAW_COLUMNS + C.LABELS + C.LABEL_ERRORS + FLAG_COLUMNS
+OUTPUT_COLUMNS = C.RAW_COLUMNS + C.LABELS + C.LABEL_ERRORS + FLAG_COLUMNS + C.XP_ERR
 PS1_REJECT_BITS = 0x1 | 0x2 | 0x00800000  # objInfoFlag FEW, POOR (relphot skipped it), EXT (extended)
 SDSS_STAR_TYPE = 6
 # SDSS photo flags (64-bit): EDGE (2), SATURATED (18), SATUR_CENTER (43), INTERP_CENTER (44, bad

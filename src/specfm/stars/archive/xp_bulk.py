@@ -122,20 +122,35 @@ def parse_array(text, n: int = C.N_XP) -> np.ndarray:
     return values
 
 
-def coefficient_frame(records: dict, *, origin: str, lines: list[int] | None = None) -> pd.DataFrame:
-    """{'source_id', 'bp_coefficients', 'rp_coefficients'} lists -> source_id + the contract's XP columns.
-    `lines` (file line of each record) makes the error point at the offending line."""
-    ids = np.asarray(records["source_id"], dtype=np.int64)
-    rows = len(ids)
-    xp = np.empty((rows, 2 * C.N_XP))
-    for i in range(rows):
+ERROR_FIELDS = ("bp_coefficient_errors", "rp_coefficient_errors")
+
+
+def _parse_pair(records: dict, fields, ids, origin: str, lines) -> np.ndarray:
+    out = np.empty((len(ids), 2 * C.N_XP))
+    for i in range(len(ids)):
         try:
-            xp[i, :C.N_XP] = parse_array(records["bp_coefficients"][i])
-            xp[i, C.N_XP:] = parse_array(records["rp_coefficients"][i])
+            out[i, :C.N_XP] = parse_array(records[fields[0]][i])
+            out[i, C.N_XP:] = parse_array(records[fields[1]][i])
         except ValueError as exc:
             where = f"{origin}:{lines[i]}" if lines else origin
-            raise XpBulkError(f"{where}: source_id {ids[i]}: {exc}") from None
+            what = "errors: " if fields == ERROR_FIELDS else ""
+            raise XpBulkError(f"{where}: source_id {ids[i]}: {what}{exc}") from None
+    return out
+
+
+def coefficient_frame(records: dict, *, origin: str, lines: list[int] | None = None) -> pd.DataFrame:
+    """{'source_id', 'bp_coefficients', 'rp_coefficients'[, 'bp_coefficient_errors',
+    'rp_coefficient_errors']} lists -> source_id + the contract's XP columns (+ XP_ERR: the
+    errors of the canonical coefficients, `xp.canonical_errors`, when the records carry Gaia's).
+    `lines` (file line of each record) makes the error point at the offending line."""
+    ids = np.asarray(records["source_id"], dtype=np.int64)
+    xp = _parse_pair(records, ("bp_coefficients", "rp_coefficients"), ids, origin, lines)
     frame = pd.DataFrame(xp, columns=C.XP)
+    if all(f in records for f in ERROR_FIELDS):
+        from ..xp import canonical_errors
+
+        errors = _parse_pair(records, ERROR_FIELDS, ids, origin, lines)
+        frame = pd.concat([frame, pd.DataFrame(canonical_errors(errors), columns=C.XP_ERR)], axis=1)
     frame.insert(0, "source_id", ids)
     return frame
 
@@ -166,7 +181,11 @@ def read_xp_bulk(path: str | Path, *, source_id_range: tuple[int, int] | None = 
             except ValueError:
                 raise XpBulkError(f"{path}:{line}: header lacks source_id/bp_coefficients/rp_coefficients "
                                   f"(has {', '.join(header[:8])}...)") from None
-            records = {"source_id": [], "bp_coefficients": [], "rp_coefficients": []}
+            fields = ["bp_coefficients", "rp_coefficients"]
+            if all(f in header for f in ERROR_FIELDS):  # Gaia's bulk files have them; keep them
+                fields += ERROR_FIELDS
+                cols += [header.index(f) for f in ERROR_FIELDS]
+            records = {"source_id": [], **{f: [] for f in fields}}
             lines = []
             reader = csv.reader(fh)
             first = line
@@ -184,8 +203,8 @@ def read_xp_bulk(path: str | Path, *, source_id_range: tuple[int, int] | None = 
                 if not lo <= sid <= hi:
                     continue
                 records["source_id"].append(sid)
-                records["bp_coefficients"].append(row[cols[1]])
-                records["rp_coefficients"].append(row[cols[2]])
+                for f, col in zip(fields, cols[1:]):
+                    records[f].append(row[col])
                 lines.append(line)
                 if len(lines) >= chunk_rows:
                     yield coefficient_frame(records, origin=str(path), lines=lines)
