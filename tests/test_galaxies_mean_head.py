@@ -12,7 +12,8 @@ from test_galaxies_model import N_AGE, N_Z, TINY_ARCH, grid, tiny_grid, trainset
 
 from specfm.galaxies import fast_inference as fi
 from specfm.galaxies.model import MEAN_SCALE, GalProTE, GalProTEConfig, mean_head_loss, mean_targets
-from specfm.galaxies.training import estimates, light_weighted, load_galprote, predict, synthetic_metrics, train_galprote
+from specfm.galaxies.fast_inference import estimates
+from specfm.galaxies.training import light_weighted, load_galprote, predict, synthetic_metrics, train_galprote
 from specfm.galaxies.trainset import load_split
 
 AV_LEVELS = np.arange(16) / 10

@@ -43,7 +43,7 @@ def inputs(templates, bins, truth_bins) -> dict:
 def score(model, templates, spectra, truth_bins, clip: float, estimate: str = "grid") -> dict:
     """Bias / scatter of light-weighted log age, [M/H] and A_V against the truth per bin."""
     from .compare import diff_stats
-    from .training import estimates
+    from .fast_inference import estimates
 
     est = estimates(model, spectra, templates.log_age, templates.mh, frac=clip, estimate=estimate,
                     inference={"backend": "eager"})

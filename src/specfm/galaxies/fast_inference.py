@@ -199,6 +199,27 @@ def predict(model: GalProTE, spectra, batch_size: int | None = 256, *, frac: flo
     return out if with_means else out[:2]
 
 
+ESTIMATES = ("grid", "head")
+
+
+def estimates(model: GalProTE, spectra, log_age, mh, *, frac: float = 0.05, estimate: str = "grid",
+              inference: dict | None = None) -> dict:
+    """What maps and tables show, from one forward pass (`predict` with ``inference``):
+    log_age, mh, av [N] from ``estimate`` -- ``grid``, light-weighted over the clipped grid (axes
+    ``log_age``, ``mh``) with A_V from the class head (the paper), or ``head``, the mean head's
+    regression, which no clip changes -- plus the clipped grid ``weights`` and its class-head ``av_grid``:
+    a reconstruction (fit residuals) needs a grid, which the head does not give."""
+    from .training import light_weighted
+
+    if estimate not in ESTIMATES:
+        raise ValueError(f"GalProTE estimate {estimate!r}: expected one of {ESTIMATES}")
+    head = estimate == "head"
+    out = predict(model, spectra, frac=frac, with_means=head, **(inference or {}))
+    age, z = light_weighted(out[0], log_age, mh)
+    values = (out[2][:, 0], out[2][:, 1], out[2][:, 2]) if head else (age, z, out[1])
+    return {"log_age": values[0], "mh": values[1], "av": values[2], "weights": out[0], "av_grid": out[1]}
+
+
 # ------------------------------------------------------------------------------------ accuracy
 
 
@@ -353,6 +374,6 @@ def cpu_features() -> dict:
             "avx512_vnni": "avx512_vnni" in flags}
 
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "TOLERANCE", "benchmark_variants", "check", "compare", "cpu_features",
-           "fastest_accurate", "finish", "interleaved_timings", "onnx_bytes", "predict", "run_batches", "runner",
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "ESTIMATES", "TOLERANCE", "benchmark_variants", "check", "compare",
+           "cpu_features", "estimates", "fastest_accurate", "finish", "interleaved_timings", "onnx_bytes", "predict", "run_batches", "runner",
            "sweep_settings"]

@@ -279,8 +279,9 @@ def predict_table(spectra: list[Spectrum], redshifts, model, templates, *, clip_
     on the same preprocessed spectra and templates). log_age in log10(yr), mh in dex, av in mag;
     resid_* over the 876 kept, median-normalised pixels (input - reconstruction). ``inference``:
     `fast_inference.predict` keywords (backend, threads, batch_size; None: its defaults); ``estimate``:
-    the grid or the mean head (`training.estimates`; resid_* always the grid's)."""
-    from .training import estimates, reconstruct
+    the grid or the mean head (`fast_inference.estimates`; resid_* always the grid's)."""
+    from .fast_inference import estimates
+    from .training import reconstruct
 
     bins = prepare(spectra, redshifts, wave_out=templates.wave, **prepare_kw)
     est = estimates(model, bins.spectra, templates.log_age, templates.mh, frac=clip_frac, estimate=estimate,

@@ -185,13 +185,14 @@ def model_maps(bins_path: str | Path, model_path: str | Path, templates_path: st
     """Per-bin GalProTE grids -> LOGAGE / MH / AV / residual maps (FITS with the cube's WCS).
 
     ``inference``: `fast_inference.predict` keywords (backend, threads, batch_size; None: its defaults);
-    ``estimate``: what LOGAGE / MH / AV show (`training.estimates`: the grid, or the mean head); the
+    ``estimate``: what LOGAGE / MH / AV show (`fast_inference.estimates`: the grid, or the mean head); the
     residuals are always the grid's."""
     import numpy as np
 
     from .cube import read_bins
     from .maps import write_maps
-    from .training import estimates, load_galprote, reconstruct
+    from .fast_inference import estimates
+    from .training import load_galprote, reconstruct
 
     bins = read_bins(bins_path)
     templates = read_template_table(templates_path)

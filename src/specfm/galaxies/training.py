@@ -201,27 +201,6 @@ def av_from_logits(logits, levels, how: str = "mode"):
     raise ValueError(f"A_V estimate {how!r}: expected one of {AV_ESTIMATES}")
 
 
-ESTIMATES = ("grid", "head")
-
-
-def estimates(model: GalProTE, spectra, log_age, mh, *, frac: float = 0.05, estimate: str = "grid",
-              inference: dict | None = None) -> dict:
-    """What maps and tables show, from one forward pass (`fast_inference.predict` with ``inference``):
-    log_age, mh, av [N] from ``estimate`` -- ``grid``, light-weighted over the clipped grid (axes
-    ``log_age``, ``mh``) with A_V from the class head (the paper), or ``head``, the mean head's
-    regression, which no clip changes -- plus the clipped grid ``weights`` and its class-head ``av_grid``:
-    a reconstruction (fit residuals) needs a grid, which the head does not give."""
-    from .fast_inference import predict as fast_predict
-
-    if estimate not in ESTIMATES:
-        raise ValueError(f"GalProTE estimate {estimate!r}: expected one of {ESTIMATES}")
-    head = estimate == "head"
-    out = fast_predict(model, spectra, frac=frac, with_means=head, **(inference or {}))
-    age, z = light_weighted(out[0], log_age, mh)
-    values = (out[2][:, 0], out[2][:, 1], out[2][:, 2]) if head else (age, z, out[1])
-    return {"log_age": values[0], "mh": values[1], "av": values[2], "weights": out[0], "av_grid": out[1]}
-
-
 def light_weighted(weights, log_age, mh) -> tuple[np.ndarray, np.ndarray]:
     """Light-weighted mean log age and [M/H] of grids ``weights`` [N, n_Z, n_age] (renormalised to 1)."""
     w = np.asarray(weights, dtype=np.float64)

@@ -103,7 +103,7 @@ def ablation_arch(wildcards):
 
 
 def maps_estimate():
-    """galaxies.estimate: what the maps show, the grid or the mean head (`specfm.galaxies.training.estimates`)."""
+    """galaxies.estimate: what the maps show, the grid or the mean head (`specfm.galaxies.fast_inference.estimates`)."""
     return GAL["estimate"]
 
 
