@@ -14,6 +14,15 @@ BIN = Path(sys.executable).parent
 TINY = ("--configfile", "config/config.yaml", "tests/config/tiny.yaml")
 
 
+@pytest.fixture(autouse=True)
+def checkpoints_outside_the_checkout(tmp_path_factory, monkeypatch):
+    """Every test gets its own checkpoint root: a test that trains in-process (cwd = the checkout)
+    would otherwise leave resumable state in the checkout's results/checkpoints/, and one shared
+    root would let two tests resume each other's runs (the folder name depends only on the output
+    path). A test that needs another root sets or deletes the variable itself."""
+    monkeypatch.setenv("SPECFM_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("checkpoints")))
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """The README's first command (`snakemake` = the `demo` target) on the tiny config, run once in a

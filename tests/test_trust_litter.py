@@ -109,3 +109,14 @@ def test_sigterm_ended_training_job_logs_the_signal(tmp_path):
     failed = [line for line in text.splitlines() if " ERROR " in line and "failed:" in line]
     assert failed, text
     assert "SIGTERM" in failed[-1] and "checkpoint" in failed[-1], failed[-1]
+
+
+def test_tests_keep_checkpoints_out_of_the_checkout():
+    """The autouse fixture in conftest.py: in-process training in a test writes its resumable state
+    under a temporary root, not into the checkout's results/checkpoints/."""
+    from specfm.train import checkpoint_dir_for
+
+    checkout = HERE.parent.resolve()
+    root = Path(os.environ["SPECFM_CHECKPOINT_DIR"]).resolve()
+    assert checkout not in root.parents and root != checkout
+    assert checkout not in checkpoint_dir_for("results/models/x.pt").resolve().parents
