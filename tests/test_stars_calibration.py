@@ -36,6 +36,20 @@ def test_fit_factor_recovers_a_known_underestimate_and_leaves_calibrated_widths_
     assert fit_factor(resid[:50], sigma[:50], err[:50], min_rows=100) == 1.0  # too few: untouched
 
 
+def test_a_few_catastrophic_failures_do_not_set_every_stars_width():
+    """Two stars at z = 25 among 4,000 (as in the demo's validation split): the plain std fit
+    widens every star to absorb them; the winsorised fit stays at the core's factor."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    sigma, err = rng.uniform(0.5, 2.0, n), np.full(n, 0.1)
+    resid = rng.normal(0, 1, n) * np.sqrt((2 * sigma) ** 2 + err**2)
+    resid[:2] = 25 * np.sqrt((2 * sigma[:2]) ** 2 + err[:2] ** 2)
+    assert fit_factor(resid, sigma, err) == pytest.approx(2.0, rel=0.04)
+    assert fit_factor(resid, sigma, err, winsor=1e9) > 2.0 * 1.1  # the plain std: pulled wide
+    core = fit_factor(resid[2:], sigma[2:], err[2:], winsor=1e9)
+    assert fit_factor(resid, sigma, err) == pytest.approx(core, rel=0.03)
+
+
 def fake_catalogue(n, split, has_xp, scale):
     """A catalogue whose with-XP residuals are `scale` sigma wide (sigma = 1, no label error)."""
     rng = np.random.default_rng(1)

@@ -22,7 +22,7 @@ import torch
 from specfm.io import write_frames_atomic
 
 from . import columns as C
-from .calibration import apply_factors, fit_factors, identity_factors
+from .calibration import WINSOR, apply_factors, fit_factors, identity_factors
 from .features import feature_files, read_split
 from .training import load_msa
 
@@ -101,7 +101,7 @@ def _load_members(member_paths):
 
 
 def fit_calibration(features, member_paths, *, enabled: bool = True, min_rows: int = 100,
-                    batch: int = 8192) -> dict:
+                    winsor: float = WINSOR, batch: int = 8192) -> dict:
     """The calibration factors of an ensemble, fitted on the validation split of the sample it
     was trained on (`specfm.stars.calibration`); all 1 when not `enabled`."""
     if not enabled:
@@ -115,10 +115,12 @@ def fit_calibration(features, member_paths, *, enabled: bool = True, min_rows: i
     for c in C.LABELS + C.LABEL_ERRORS:
         cat[f"true_{c}"] = val[c].to_numpy()
     cat["has_xp"] = val["has_xp"].to_numpy(bool)
-    factors = fit_factors(cat, min_rows=min_rows)
+    factors = fit_factors(cat, min_rows=min_rows, winsor=winsor)
     log.info("calibration on %d validation stars: %s", len(val), factors)
     return {"enabled": True, "factors": factors, "n_val": len(val), "min_rows": min_rows,
-            "method": "k per label and mode: z-score std 1 on the validation split"}
+            "winsor": winsor,
+            "method": "k per label and mode: z-score std 1 on the validation split, z capped at "
+                      "+-winsor"}
 
 
 def predict_catalogue(features, member_paths, out, *, batch: int = 8192,
